@@ -1,0 +1,348 @@
+"""pyfuse3 Operations: the catalog tree and scene files as a read-only filesystem.
+
+This is the only module that raises ``pyfuse3.FUSEError``. Lower layers raise domain errors
+(:mod:`pixxelfs.errors`); :meth:`PixxelOperations._errors` maps them through the one errno
+table, logs a line naming the operation, path and cause, and turns anything unexpected into
+EIO (an escaping exception would stop ``pyfuse3.main``).
+
+Inodes are keyed by path and never reused within a mount, so ``forget`` has nothing to free
+that matters: the table holds one small tuple per path ever looked up. Paths are resolved
+against the *current* catalog snapshot on every call, so a refreshed catalog is visible as
+soon as the kernel's entry/attribute caches (``--metadata-ttl``) expire.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pyfuse3
+
+from pixxelfs.catalog.service import CatalogService
+from pixxelfs.catalog.tree import DirectoryNode, SceneNode
+from pixxelfs.catalog.xattrs import scene_xattrs
+from pixxelfs.errors import PackageChangedError, PixxelfsError, to_errno
+from pixxelfs.fs.scene_files import (
+    METADATA_NAME,
+    MemberFile,
+    MetadataFile,
+    PackageDir,
+    SceneEntry,
+    list_scene_root,
+    lookup_entry,
+    render_metadata,
+)
+from pixxelfs.fs.scenes import SceneStore
+from pixxelfs.remote.member import MemberReader
+
+log = logging.getLogger(__name__)
+
+Path = tuple[str, ...]
+Node = DirectoryNode | SceneNode | SceneEntry
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A path's node, with the scene it lies in (None above scene level)."""
+
+    node: Node
+    scene: SceneNode | None
+
+
+@dataclass
+class OpenFile:
+    path: Path
+    reader: MemberReader | None  # None: an in-memory file (metadata.json)
+    data: bytes = b""
+    catalog_id: str | None = None
+
+
+class InodeTable:
+    """Stable inode numbers for paths, allocated on first sight, never reused in a mount."""
+
+    def __init__(self) -> None:
+        self._by_path: dict[Path, int] = {(): pyfuse3.ROOT_INODE}
+        self._paths: dict[int, Path] = {pyfuse3.ROOT_INODE: ()}
+        self._next = pyfuse3.ROOT_INODE + 1
+
+    def inode(self, path: Path) -> int:
+        number = self._by_path.get(path)
+        if number is None:
+            number = self._next
+            self._next += 1
+            self._by_path[path] = number
+            self._paths[number] = path
+        return number
+
+    def path(self, inode: int) -> Path:
+        try:
+            return self._paths[inode]
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+
+class PixxelOperations(pyfuse3.Operations):
+    """Read-only FUSE view of a Pixxel catalog."""
+
+    def __init__(
+        self,
+        catalog: CatalogService,
+        scenes: SceneStore,
+        *,
+        metadata_ttl: float,
+        block_size: int,
+        uid: int | None = None,
+        gid: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.catalog = catalog
+        self.scenes = scenes
+        self.ttl = metadata_ttl
+        self.block_size = block_size
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+        self.inodes = InodeTable()
+        self._files: dict[int, OpenFile] = {}
+        self._dirs: dict[int, list[tuple[bytes, pyfuse3.EntryAttributes]]] = {}
+        self._next_handle = 1
+        # Package identity last served per inode: keep the kernel page cache only while it holds.
+        self._served: dict[int, object] = {}
+
+    # ---- errors --------------------------------------------------------------------------
+
+    @contextmanager
+    def _errors(self, operation: str, path: Path) -> Iterator[None]:
+        """Map domain errors to errno with one log line; unexpected ones become EIO."""
+        try:
+            yield
+        except pyfuse3.FUSEError:
+            raise
+        except PixxelfsError as exc:
+            number = to_errno(exc)
+            log.warning(
+                "%s /%s: %s: %s (-> %s)",
+                operation,
+                "/".join(path),
+                type(exc).__name__,
+                exc,
+                errno.errorcode.get(number, number),
+            )
+            raise pyfuse3.FUSEError(number) from None
+        except Exception:
+            log.exception("%s /%s: unexpected error (-> EIO)", operation, "/".join(path))
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    @contextmanager
+    def _forget_changed(self, catalog_id: str | None) -> Iterator[None]:
+        """A package that changed is dropped, so the next open loads the new version."""
+        try:
+            yield
+        except PackageChangedError:
+            if catalog_id is not None:
+                self.scenes.forget(catalog_id)
+            raise
+
+    # ---- resolution ----------------------------------------------------------------------
+
+    async def _resolve(self, path: Path) -> Resolved | None:
+        tree = await self.catalog.tree()
+        node: DirectoryNode | SceneNode = tree.root
+        for depth, name in enumerate(path):
+            if isinstance(node, SceneNode):
+                return await self._resolve_in_scene(node, path[depth:])
+            child = node.children.get(name)
+            if child is None:
+                return None
+            node = child
+        return Resolved(node, node if isinstance(node, SceneNode) else None)
+
+    async def _resolve_in_scene(self, scene: SceneNode, rest: Sequence[str]) -> Resolved | None:
+        entry = await self._scene_entry(scene, rest)
+        return None if entry is None else Resolved(entry, scene)
+
+    async def _scene_entry(self, scene: SceneNode, rest: Sequence[str]) -> SceneEntry | None:
+        metadata = MetadataFile(render_metadata(scene.catalog))
+        if tuple(rest) == (METADATA_NAME,):
+            return metadata  # no package needed for the catalog entry itself
+        loaded = await self.scenes.load(scene.catalog.id)
+        return lookup_entry(loaded.root, metadata, rest)
+
+    async def _must_resolve(self, path: Path) -> Resolved:
+        resolved = await self._resolve(path)
+        if resolved is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return resolved
+
+    # ---- attributes ----------------------------------------------------------------------
+
+    def _attributes(self, inode: int, resolved: Resolved) -> pyfuse3.EntryAttributes:
+        node, scene = resolved.node, resolved.scene
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = pyfuse3.InodeT(inode)
+        attrs.entry_timeout = self.ttl
+        attrs.attr_timeout = self.ttl
+        attrs.st_uid = self.uid
+        attrs.st_gid = self.gid
+        attrs.st_blksize = self.block_size
+        if isinstance(node, MetadataFile | MemberFile):
+            size = len(node.data) if isinstance(node, MetadataFile) else node.member.size
+            attrs.st_mode = pyfuse3.ModeT(stat.S_IFREG | 0o444)
+            attrs.st_nlink = 1
+            attrs.st_size = size
+            attrs.st_blocks = (size + 511) // 512
+        else:
+            attrs.st_mode = pyfuse3.ModeT(stat.S_IFDIR | 0o555)
+            attrs.st_nlink = 2
+            attrs.st_size = 0
+        mtime = node.mtime if isinstance(node, DirectoryNode | SceneNode) else None
+        if mtime is None and scene is not None:
+            mtime = scene.mtime
+        stamp = int((mtime or 0.0) * 1e9)
+        attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = stamp
+        return attrs
+
+    async def getattr(self, inode, ctx=None):
+        path = self.inodes.path(inode)
+        with self._errors("getattr", path):
+            return self._attributes(inode, await self._must_resolve(path))
+
+    async def lookup(self, parent_inode, name, ctx=None):
+        path = (*self.inodes.path(parent_inode), os.fsdecode(name))
+        with self._errors("lookup", path):
+            resolved = await self._must_resolve(path)
+            return self._attributes(self.inodes.inode(path), resolved)
+
+    # ---- directories ---------------------------------------------------------------------
+
+    async def _children(self, path: Path, resolved: Resolved) -> list[tuple[str, Resolved]]:
+        node = resolved.node
+        if isinstance(node, DirectoryNode):
+            return [
+                (name, Resolved(child, child if isinstance(child, SceneNode) else None))
+                for name, child in sorted(node.children.items())
+            ]
+        if isinstance(node, SceneNode):
+            metadata = MetadataFile(render_metadata(node.catalog))
+            loaded = await self.scenes.load(node.catalog.id)
+            return [
+                (name, Resolved(entry, node))
+                for name, entry in list_scene_root(loaded.root, metadata)
+            ]
+        if isinstance(node, PackageDir):
+            return [
+                (name, Resolved(entry, resolved.scene)) for name, entry in node.children.items()
+            ]
+        raise pyfuse3.FUSEError(errno.ENOTDIR)
+
+    async def opendir(self, inode, ctx=None):
+        path = self.inodes.path(inode)
+        with self._errors("opendir", path):
+            resolved = await self._must_resolve(path)
+            listing = []
+            for name, child in await self._children(path, resolved):
+                child_path = (*path, name)
+                attrs = self._attributes(self.inodes.inode(child_path), child)
+                listing.append((name.encode("utf-8"), attrs))
+            handle = self._new_handle()
+            self._dirs[handle] = listing
+            return pyfuse3.FileHandleT(handle)
+
+    async def readdir(self, fh, start_id, token):
+        listing = self._dirs.get(fh)
+        if listing is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        for position in range(start_id, len(listing)):
+            name, attrs = listing[position]
+            if not pyfuse3.readdir_reply(token, name, attrs, position + 1):
+                break
+
+    async def releasedir(self, fh):
+        self._dirs.pop(fh, None)
+
+    # ---- files ---------------------------------------------------------------------------
+
+    def _new_handle(self) -> int:
+        handle = self._next_handle
+        self._next_handle += 1
+        return handle
+
+    async def open(self, inode, flags, ctx=None):
+        path = self.inodes.path(inode)
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        with self._errors("open", path):
+            resolved = await self._must_resolve(path)
+            node = resolved.node
+            handle = self._new_handle()
+            if isinstance(node, MetadataFile):
+                self._files[handle] = OpenFile(path, None, node.data)
+                return pyfuse3.FileInfo(fh=handle, keep_cache=False)
+            if not isinstance(node, MemberFile) or resolved.scene is None:
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            catalog_id = resolved.scene.catalog.id
+            loaded = await self.scenes.load(catalog_id)
+            with self._forget_changed(catalog_id):
+                reader = await loaded.package.open_member(node.member)
+            self._files[handle] = OpenFile(path, reader, catalog_id=catalog_id)
+            identity = loaded.package.source.identity
+            keep = self._served.get(inode) == identity
+            self._served[inode] = identity
+            return pyfuse3.FileInfo(fh=handle, keep_cache=keep)
+
+    async def read(self, fh, off, size):
+        handle = self._files.get(fh)
+        if handle is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        if handle.reader is None:
+            return handle.data[off : off + size]
+        with self._errors("read", handle.path), self._forget_changed(handle.catalog_id):
+            return await handle.reader.read(off, size)
+
+    async def release(self, fh):
+        self._files.pop(fh, None)
+
+    # ---- extended attributes -------------------------------------------------------------
+
+    async def _xattrs(self, inode: int) -> dict[str, bytes]:
+        path = self.inodes.path(inode)
+        with self._errors("xattr", path):
+            resolved = await self._must_resolve(path)
+            return {} if resolved.scene is None else scene_xattrs(resolved.scene.catalog)
+
+    async def getxattr(self, inode, name, ctx=None):
+        value = (await self._xattrs(inode)).get(os.fsdecode(name))
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
+
+    async def listxattr(self, inode, ctx=None):
+        return [name.encode("utf-8") for name in await self._xattrs(inode)]
+
+    # ---- the filesystem as a whole -------------------------------------------------------
+
+    async def statfs(self, ctx=None):
+        stats = pyfuse3.StatvfsData()
+        stats.f_bsize = self.block_size
+        stats.f_frsize = self.block_size
+        stats.f_blocks = stats.f_bfree = stats.f_bavail = 0
+        tree = self.catalog.current()
+        stats.f_files = tree.scene_count if tree is not None else 0
+        stats.f_ffree = stats.f_favail = 0
+        stats.f_namemax = 255
+        return stats
+
+    # ---- everything that would write: a read-only filesystem -----------------------------
+
+    async def _read_only(self, *_args, **_kwargs):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = _read_only
+    write = create = setxattr = removexattr = _read_only

@@ -1,0 +1,159 @@
+"""RemotePackage over the whole remote stack (resolver, storage, block cache) on MockTransport."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zipfile
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+import trio.testing
+
+from pixxelfs.errors import CorruptPackageError, PackageChangedError
+from pixxelfs.remote.block_cache import BlockCache
+from pixxelfs.remote.package import RemotePackage
+from tests.unit.test_remote_member import payload
+from tests.unit.test_remote_storage import ObjectServer, make_source
+
+IMAGE = payload(200_000, seed=3)
+FILES = {
+    "scene/image.tif": IMAGE,
+    "scene/metadata.xml": b"<xml/>" * 100,
+    **{f"scene/qa/{n:03d}.txt": f"{n}".encode() for n in range(50)},
+}
+
+
+def build(files: dict[str, bytes], *, method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=method) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+async def cache() -> AsyncIterator[BlockCache]:
+    async with BlockCache.open(max_bytes=1 << 20, block_size=8192) as block_cache:
+        yield block_cache
+
+
+def remote(server: ObjectServer, cache: BlockCache, probe_bytes: int = 4096) -> RemotePackage:
+    source, _ = make_source(server, probe_bytes=probe_bytes)
+    return RemotePackage(source, cache)
+
+
+async def test_index_costs_one_request_when_the_tail_holds_the_directory(cache) -> None:
+    package = build(FILES)
+    server = ObjectServer(package)
+    index = await remote(server, cache, probe_bytes=len(package)).index()
+    assert [m.name for m in index.members] == list(FILES)
+    assert len(server.requests) == 1
+
+
+async def test_index_costs_two_requests_for_a_large_directory(cache) -> None:
+    many = {f"f{n:05d}": b"" for n in range(3000)}
+    package = build(many, method=zipfile.ZIP_STORED)
+    server = ObjectServer(package)
+    pkg = remote(server, cache, probe_bytes=1 << 17)
+    index = await pkg.index()
+    assert len(index.members) == 3000
+    assert len(server.requests) == 2
+    assert await pkg.index() is index and len(server.requests) == 2
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+async def test_members_read_back_exactly(cache, method: int) -> None:
+    server = ObjectServer(build(FILES, method=method))
+    pkg = remote(server, cache)
+    for member in (await pkg.index()).members:
+        reader = await pkg.open_member(member)
+        assert await reader.read(0, member.size + 10) == FILES[member.name]
+    image = next(m for m in (await pkg.index()).members if m.name == "scene/image.tif")
+    reader = await pkg.open_member(image)
+    assert await pkg.open_member(image) is reader
+    assert await reader.read(123_457, 5000) == IMAGE[123_457:128_457]
+
+
+async def test_package_reads_are_block_aligned_and_cached(cache) -> None:
+    data = build(FILES, method=zipfile.ZIP_STORED)
+    server = ObjectServer(data)
+    pkg = remote(server, cache)
+    assert await pkg.read(10_000, 20_000) == data[10_000:30_000]
+    fetched = len(server.requests)
+    assert fetched == 1 + 3  # the probe, then blocks 1..3
+    assert await pkg.read(16_384, 100) == data[16_384:16_484]
+    assert len(server.requests) == fetched
+    assert await pkg.read(len(data) - 5, 100) == data[-5:]
+    assert await pkg.read(len(data), 100) == b""
+    ranges = {r.headers["range"] for r in server.requests[1:]}
+    assert "bytes=8192-16383" in ranges
+
+
+async def test_concurrent_reads_of_one_block_fetch_it_once(cache) -> None:
+    data = build(FILES, method=zipfile.ZIP_STORED)
+    server = ObjectServer(data)
+    pkg = remote(server, cache)
+    await pkg.size()
+    results: list[bytes] = []
+
+    async def read() -> None:
+        results.append(await pkg.read(40_000, 100))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(6):
+            nursery.start_soon(read)
+    assert results == [data[40_000:40_100]] * 6
+    assert len(server.requests) == 2
+    assert cache.stats().coalesced + cache.stats().hits == 5
+
+
+async def test_package_replaced_under_an_open_reader_is_stale(cache) -> None:
+    data = build(FILES, method=zipfile.ZIP_STORED)
+    server = ObjectServer(data)
+    pkg = remote(server, cache)
+    assert await pkg.read(0, 10) == data[:10]
+    server.replace(build({"other": b"x" * 50_000}, method=zipfile.ZIP_STORED), '"v2"')
+    with pytest.raises(PackageChangedError):
+        await pkg.read(30_000, 10)
+    assert await pkg.read(0, 10) == data[:10]  # cached bytes of the pinned version
+
+
+def with_flags(package: bytes, *, method: int | None = None, flags: int | None = None) -> bytes:
+    patched = bytearray(package)
+    central = patched.index(b"PK\x01\x02")
+    if flags is not None:
+        struct.pack_into("<H", patched, central + 8, flags)
+    if method is not None:
+        struct.pack_into("<H", patched, central + 10, method)
+    return bytes(patched)
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [({"flags": 1}, "encrypted"), ({"method": 12}, "compression method 12")],
+)
+async def test_unreadable_members_are_refused_clearly(cache, patch, message: str) -> None:
+    server = ObjectServer(with_flags(build(FILES, method=zipfile.ZIP_STORED), **patch))
+    pkg = remote(server, cache)
+    first = (await pkg.index()).members[0]
+    with pytest.raises(CorruptPackageError, match=message):
+        await pkg.open_member(first)
+
+
+async def test_not_a_zip_is_corrupt(cache) -> None:
+    server = ObjectServer(b"<html>not a package</html>" * 100)
+    with pytest.raises(CorruptPackageError, match="end-of-central-directory"):
+        await remote(server, cache).index()
+
+
+async def test_url_expiring_mid_read_is_renewed_once_for_all_blocks(cache) -> None:
+    data = build(FILES, method=zipfile.ZIP_STORED)
+    server = ObjectServer(data)
+    source, downloads = make_source(server)
+    pkg = RemotePackage(source, cache, max_parallel_blocks=4)
+    await pkg.size()
+    server.valid_signatures.clear()  # the URL expires before the blocks are fetched
+    assert await pkg.read(0, 4 * 8192) == data[: 4 * 8192]
+    assert downloads.issued == 2
