@@ -30,14 +30,15 @@ from pixxelfs.errors import PackageChangedError, PixxelfsError, to_errno
 from pixxelfs.fs.scene_files import (
     METADATA_NAME,
     MemberFile,
-    MetadataFile,
+    MemoryFile,
     PackageDir,
     SceneEntry,
-    list_scene_root,
     lookup_entry,
     render_metadata,
+    scene_root,
 )
 from pixxelfs.fs.scenes import SceneStore
+from pixxelfs.fs.virtual import NoVirtualEntries, VirtualEntries
 from pixxelfs.remote.member import MemberReader
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,15 @@ Node = DirectoryNode | SceneNode | SceneEntry
 
 @dataclass(frozen=True)
 class Resolved:
-    """A path's node, with the scene it lies in (None above scene level)."""
+    """A path's node, the scene it lies in (None above scene level) and its time."""
 
     node: Node
     scene: SceneNode | None
+    mtime: float
+
+    @classmethod
+    def of_catalog(cls, node: DirectoryNode | SceneNode) -> Resolved:
+        return cls(node, node if isinstance(node, SceneNode) else None, node.mtime)
 
 
 @dataclass
@@ -101,10 +107,12 @@ class PixxelOperations(pyfuse3.Operations):
         block_size: int,
         uid: int | None = None,
         gid: int | None = None,
+        virtual: VirtualEntries | None = None,
     ) -> None:
         super().__init__()
         self.catalog = catalog
         self.scenes = scenes
+        self.virtual = virtual or NoVirtualEntries()
         self.ttl = metadata_ttl
         self.block_size = block_size
         self.uid = os.getuid() if uid is None else uid
@@ -160,20 +168,28 @@ class PixxelOperations(pyfuse3.Operations):
                 return await self._resolve_in_scene(node, path[depth:])
             child = node.children.get(name)
             if child is None:
-                return None
+                return self._resolve_virtual(node, path[:depth], name, path[depth + 1 :])
             node = child
-        return Resolved(node, node if isinstance(node, SceneNode) else None)
+        return Resolved.of_catalog(node)
+
+    def _resolve_virtual(
+        self, parent: DirectoryNode, parent_path: Path, name: str, rest: Path
+    ) -> Resolved | None:
+        extra = self.virtual.in_directory(parent_path, parent).get(name)
+        entry = None if extra is None else lookup_entry(PackageDir({name: extra}), (name, *rest))
+        return None if entry is None else Resolved(entry, None, parent.mtime)
 
     async def _resolve_in_scene(self, scene: SceneNode, rest: Sequence[str]) -> Resolved | None:
-        entry = await self._scene_entry(scene, rest)
-        return None if entry is None else Resolved(entry, scene)
-
-    async def _scene_entry(self, scene: SceneNode, rest: Sequence[str]) -> SceneEntry | None:
-        metadata = MetadataFile(render_metadata(scene.catalog))
         if tuple(rest) == (METADATA_NAME,):
-            return metadata  # no package needed for the catalog entry itself
+            entry: SceneEntry | None = MemoryFile(render_metadata(scene.catalog))  # no package
+        else:
+            entry = lookup_entry(await self._scene_root(scene), rest)
+        return None if entry is None else Resolved(entry, scene, scene.mtime)
+
+    async def _scene_root(self, scene: SceneNode) -> PackageDir:
+        """The scene directory's entries; the first call loads the package's ZIP directory."""
         loaded = await self.scenes.load(scene.catalog.id)
-        return lookup_entry(loaded.root, metadata, rest)
+        return scene_root(loaded.root, scene.catalog, self.virtual.in_scene(scene, loaded.root))
 
     async def _must_resolve(self, path: Path) -> Resolved:
         resolved = await self._resolve(path)
@@ -184,7 +200,7 @@ class PixxelOperations(pyfuse3.Operations):
     # ---- attributes ----------------------------------------------------------------------
 
     def _attributes(self, inode: int, resolved: Resolved) -> pyfuse3.EntryAttributes:
-        node, scene = resolved.node, resolved.scene
+        node = resolved.node
         attrs = pyfuse3.EntryAttributes()
         attrs.st_ino = pyfuse3.InodeT(inode)
         attrs.entry_timeout = self.ttl
@@ -192,8 +208,8 @@ class PixxelOperations(pyfuse3.Operations):
         attrs.st_uid = self.uid
         attrs.st_gid = self.gid
         attrs.st_blksize = self.block_size
-        if isinstance(node, MetadataFile | MemberFile):
-            size = len(node.data) if isinstance(node, MetadataFile) else node.member.size
+        if isinstance(node, MemoryFile | MemberFile):
+            size = len(node.data) if isinstance(node, MemoryFile) else node.member.size
             attrs.st_mode = pyfuse3.ModeT(stat.S_IFREG | 0o444)
             attrs.st_nlink = 1
             attrs.st_size = size
@@ -202,10 +218,7 @@ class PixxelOperations(pyfuse3.Operations):
             attrs.st_mode = pyfuse3.ModeT(stat.S_IFDIR | 0o555)
             attrs.st_nlink = 2
             attrs.st_size = 0
-        mtime = node.mtime if isinstance(node, DirectoryNode | SceneNode) else None
-        if mtime is None and scene is not None:
-            mtime = scene.mtime
-        stamp = int((mtime or 0.0) * 1e9)
+        stamp = int(resolved.mtime * 1e9)
         attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = stamp
         return attrs
 
@@ -225,20 +238,21 @@ class PixxelOperations(pyfuse3.Operations):
     async def _children(self, path: Path, resolved: Resolved) -> list[tuple[str, Resolved]]:
         node = resolved.node
         if isinstance(node, DirectoryNode):
-            return [
-                (name, Resolved(child, child if isinstance(child, SceneNode) else None))
-                for name, child in sorted(node.children.items())
-            ]
+            extra = {
+                name: Resolved(entry, None, node.mtime)
+                for name, entry in self.virtual.in_directory(path, node).items()
+            }
+            real = {name: Resolved.of_catalog(child) for name, child in node.children.items()}
+            return sorted({**extra, **real}.items())
         if isinstance(node, SceneNode):
-            metadata = MetadataFile(render_metadata(node.catalog))
-            loaded = await self.scenes.load(node.catalog.id)
+            root = await self._scene_root(node)
             return [
-                (name, Resolved(entry, node))
-                for name, entry in list_scene_root(loaded.root, metadata)
+                (name, Resolved(entry, node, node.mtime)) for name, entry in root.children.items()
             ]
         if isinstance(node, PackageDir):
             return [
-                (name, Resolved(entry, resolved.scene)) for name, entry in node.children.items()
+                (name, Resolved(entry, resolved.scene, resolved.mtime))
+                for name, entry in node.children.items()
             ]
         raise pyfuse3.FUSEError(errno.ENOTDIR)
 
@@ -282,7 +296,7 @@ class PixxelOperations(pyfuse3.Operations):
             resolved = await self._must_resolve(path)
             node = resolved.node
             handle = self._new_handle()
-            if isinstance(node, MetadataFile):
+            if isinstance(node, MemoryFile):
                 self._files[handle] = OpenFile(path, None, node.data)
                 return pyfuse3.FileInfo(fh=handle, keep_cache=False)
             if not isinstance(node, MemberFile) or resolved.scene is None:

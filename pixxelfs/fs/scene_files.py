@@ -20,8 +20,8 @@ METADATA_NAME = "metadata.json"
 
 
 @dataclass(frozen=True)
-class MetadataFile:
-    """``metadata.json``: the catalog entry exactly as the API returned it, pretty-printed."""
+class MemoryFile:
+    """A file whose bytes pixxelfs holds itself: ``metadata.json`` and other virtual files."""
 
     data: bytes
 
@@ -40,7 +40,7 @@ class PackageDir:
     children: Mapping[str, SceneEntry]
 
 
-SceneEntry = MetadataFile | MemberFile | PackageDir
+SceneEntry = MemoryFile | MemberFile | PackageDir
 
 
 def render_metadata(catalog: Catalog) -> bytes:
@@ -97,15 +97,20 @@ def build_scene_dir(index: ZipIndex) -> PackageDir:
     return _settle(_raw_tree(index), frozenset({METADATA_NAME}))
 
 
-def lookup_entry(
-    package_root: PackageDir, metadata: MetadataFile, path: Sequence[str]
-) -> SceneEntry | None:
-    """Resolve ``path`` (relative to the scene directory); ``()`` is the scene directory."""
-    if not path:
-        return package_root
-    if len(path) == 1 and path[0] == METADATA_NAME:
-        return metadata
-    entry: SceneEntry = package_root
+def scene_root(
+    package: PackageDir, catalog: Catalog, extra: Mapping[str, SceneEntry]
+) -> PackageDir:
+    """The scene directory: package members, ``metadata.json``, and extra (virtual) entries.
+
+    Package members and ``metadata.json`` win over extra entries of the same name.
+    """
+    metadata = {METADATA_NAME: MemoryFile(render_metadata(catalog))}
+    return PackageDir(dict(sorted({**extra, **package.children, **metadata}.items())))
+
+
+def lookup_entry(root: PackageDir, path: Sequence[str]) -> SceneEntry | None:
+    """Resolve ``path`` below ``root``; ``()`` is ``root`` itself."""
+    entry: SceneEntry = root
     for name in path:
         if not isinstance(entry, PackageDir):
             return None
@@ -114,11 +119,3 @@ def lookup_entry(
             return None
         entry = child
     return entry
-
-
-def list_scene_root(
-    package_root: PackageDir, metadata: MetadataFile
-) -> list[tuple[str, SceneEntry]]:
-    """The scene directory's entries, sorted, ``metadata.json`` included."""
-    entries: dict[str, SceneEntry] = {METADATA_NAME: metadata, **package_root.children}
-    return sorted(entries.items())

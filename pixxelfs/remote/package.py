@@ -9,6 +9,7 @@ members (``member``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import trio
 from cachetools import LRUCache
@@ -17,6 +18,7 @@ from pixxelfs.errors import CorruptPackageError, StorageError
 from pixxelfs.remote.block_cache import BlockCache, BlockKey, Fetch
 from pixxelfs.remote.member import MemberReader
 from pixxelfs.remote.storage import DEFAULT_PROBE_BYTES, PackageSource
+from pixxelfs.remote.tiers import BlockTier, chain
 from pixxelfs.remote.zipindex import (
     DEFLATED,
     LOCAL_HEADER_SIZE,
@@ -53,6 +55,7 @@ async def read_zip_index(source: PackageSource) -> ZipIndex:
 class RemotePackage:
     """One package version: cached index, block-cached byte ranges and shared member readers.
 
+    ``tiers`` are the cache levels below memory (disk, shared store; see ``tiers``).
     ``max_parallel_blocks`` bounds how many blocks one read (or one readahead hint) fetches at
     once; member readers are shared per member so their inflate seek points are reused by
     every handle.
@@ -65,9 +68,11 @@ class RemotePackage:
         *,
         max_parallel_blocks: int = 8,
         max_readers: int = 32,
+        tiers: Sequence[BlockTier] = (),
     ):
         self.source = source
         self._cache = cache
+        self._tiers = tuple(tiers)
         self._parallel = max(1, max_parallel_blocks)
         self._index: ZipIndex | None = None
         self._index_lock = trio.Lock()
@@ -151,7 +156,7 @@ class RemotePackage:
         start = index * self.block_size
         end = min(start + self.block_size, total)
 
-        async def fetch() -> bytes:
+        async def origin() -> bytes:
             return await self.source.read_range(start, end)
 
-        return fetch
+        return chain(self._tiers, self._key(index), origin)
