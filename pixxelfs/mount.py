@@ -22,10 +22,12 @@ from pixxelfs.catalog.service import CatalogService
 from pixxelfs.config import MountConfig
 from pixxelfs.fs.operations import PixxelOperations
 from pixxelfs.fs.scenes import SceneStore
+from pixxelfs.fs.virtual import CombinedVirtualEntries, VirtualEntries
 from pixxelfs.remote.block_cache import BlockCache
 from pixxelfs.remote.package import RemotePackage
 from pixxelfs.remote.signed_url import SignedUrlResolver
 from pixxelfs.remote.storage import PackageSource, StorageClient
+from pixxelfs.remote.tiers import BlockTier
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +64,21 @@ async def open_operations(config: MountConfig) -> AsyncIterator[PixxelOperations
         tree = await catalog.tree()
         log.info("catalog loaded: %d scenes", tree.scene_count)
 
+        # Cache levels below memory (disk, shared store), nearest first.
+        tiers: list[BlockTier] = []
+        # Providers of virtual files and folders (views, control files), first wins.
+        virtual_entries: list[VirtualEntries] = []
+
         def open_package(catalog_id: str) -> RemotePackage:
-            return RemotePackage(PackageSource(catalog_id, resolver, storage), cache)
+            source = PackageSource(catalog_id, resolver, storage)
+            return RemotePackage(source, cache, tiers=tiers)
 
         yield PixxelOperations(
             catalog,
             SceneStore(open_package),
             metadata_ttl=config.metadata_ttl,
             block_size=config.block_size,
+            virtual=CombinedVirtualEntries(virtual_entries),
         )
 
 

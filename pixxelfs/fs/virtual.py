@@ -36,3 +36,22 @@ class NoVirtualEntries:
 
     def in_scene(self, scene: SceneNode, package: PackageDir) -> Mapping[str, SceneEntry]:
         return {}
+
+
+class CombinedVirtualEntries:
+    """Several providers as one; on a name clash the earlier provider wins."""
+
+    def __init__(self, providers: Sequence[VirtualEntries]):
+        self.providers = tuple(providers)
+
+    def in_directory(self, path: Sequence[str], node: DirectoryNode) -> Mapping[str, SceneEntry]:
+        merged: dict[str, SceneEntry] = {}
+        for provider in reversed(self.providers):
+            merged.update(provider.in_directory(path, node))
+        return merged
+
+    def in_scene(self, scene: SceneNode, package: PackageDir) -> Mapping[str, SceneEntry]:
+        merged: dict[str, SceneEntry] = {}
+        for provider in reversed(self.providers):
+            merged.update(provider.in_scene(scene, package))
+        return merged
