@@ -189,6 +189,14 @@ def _says_not_found(code: str | None, message: str | None) -> bool:
     return "not found" in text or "notfound" in text
 
 
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    """The first leaf error of a nursery's group, so callers see a plain domain error."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error
+
+
 def _joined(values: Iterable[str] | str) -> str:
     return values if isinstance(values, str) else ",".join(values)
 
@@ -262,6 +270,7 @@ class PixxelClient:
         *,
         auth_scheme: Literal["raw", "bearer"] = "raw",
         page_size: int = 100,
+        parallel_pages: int = 4,
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
         download_poll_initial: float = 0.25,
@@ -279,6 +288,9 @@ class PixxelClient:
         self.base_url = base_url.rstrip("/")
         self.auth_scheme = auth_scheme
         self.page_size = page_size
+        # Listing pages fetched at once when the total is known (a 10,000-scene catalog is 100
+        # pages: sequential round trips would dominate a cold mount).
+        self.parallel_pages = max(1, parallel_pages)
         self.retry = retry if retry is not None else RetryPolicy()
         self.download_poll_initial = download_poll_initial
         self.download_poll_max = download_poll_max
@@ -480,8 +492,9 @@ class PixxelClient:
         seen: set[str] = set()
         offset = 0
         previous: str | None = None
+        pending = await self._fetch_pages(fetch, 0, 0, 1)
         for page_index in range(MAX_PAGES):
-            page = await fetch(page_index, offset)
+            page = pending.pop(0)
             fingerprint = _page_fingerprint(page.items)
             if page.items and fingerprint == previous:
                 log.warning("%s: the server repeated a page; it ignores paging", listing)
@@ -502,7 +515,38 @@ class PixxelClient:
             limit = min(self.page_size, page.server_limit or self.page_size)
             if len(page.items) < limit or (page.total is not None and offset >= page.total):
                 return
+            if not pending:
+                ahead = self._pages_ahead(page, offset, page_index)
+                pending = await self._fetch_pages(fetch, page_index + 1, offset, ahead)
         log.warning("%s: stopped after %d pages", listing, MAX_PAGES)
+
+    def _pages_ahead(self, page: _Page, offset: int, page_index: int) -> int:
+        """How many pages to fetch at once: several when a total says how many are left.
+
+        Only from the third page on: the second one shows whether the server honours paging,
+        so a server that ignores it costs no wasted requests.
+        """
+        if page_index < 1 or page.total is None or len(page.items) != self.page_size:
+            return 1
+        remaining = -(-(page.total - offset) // self.page_size)
+        return max(1, min(self.parallel_pages, remaining, MAX_PAGES - page_index - 1))
+
+    async def _fetch_pages(
+        self, fetch: Callable[[int, int], Awaitable[_Page]], index: int, offset: int, count: int
+    ) -> list[_Page]:
+        """Pages ``index .. index+count-1`` (offsets one page size apart), fetched concurrently."""
+        pages: list[_Page | None] = [None] * count
+
+        async def one(i: int) -> None:
+            pages[i] = await fetch(index + i, offset + i * self.page_size)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for i in range(count):
+                    nursery.start_soon(one, i)
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+        return [page for page in pages if page is not None]
 
     def _parse_elements(self, listing: str, items: list[Any], parse: Callable[[Any], M]) -> list[M]:
         models: list[M] = []

@@ -9,6 +9,7 @@ from, so ``metadata.json`` can show the catalog entry exactly as the API returne
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,11 +62,17 @@ def parse_timestamp(value: Any) -> dt.datetime | None:
     return parsed.astimezone(dt.UTC)
 
 
+def _canonical(obj: JsonObject) -> bytes:
+    return json.dumps(obj, sort_keys=True, default=str).encode()
+
+
 @dataclass(frozen=True)
 class Project:
     id: str
     name: str
     title: str | None
+    created_at: dt.datetime | None
+    updated_at: dt.datetime | None
     raw: JsonObject = field(repr=False, compare=False)
 
     @classmethod
@@ -76,8 +83,15 @@ class Project:
             id=pid,
             name=optional_str(obj, "name") or pid,
             title=optional_str(obj, "title"),
+            created_at=parse_timestamp(obj.get("created_at")),
+            updated_at=parse_timestamp(obj.get("updated_at")),
             raw=obj,
         )
+
+    @property
+    def canonical(self) -> bytes:
+        """Content for deterministic tie-breaks between duplicate records."""
+        return _canonical(self.raw)
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,8 @@ class OrderItem:
     usecase: str | None
     name: str | None
     tasks: tuple[Task, ...]
+    created_at: dt.datetime | None
+    updated_at: dt.datetime | None
     raw: JsonObject = field(repr=False, compare=False)
 
     @classmethod
@@ -124,35 +140,71 @@ class OrderItem:
             usecase=optional_str(obj, "usecase"),
             name=optional_str(obj, "name"),
             tasks=tuple(tasks),
+            created_at=parse_timestamp(obj.get("created_at")),
+            updated_at=parse_timestamp(obj.get("updated_at")),
             raw=obj,
         )
+
+    @property
+    def canonical(self) -> bytes:
+        """Content for deterministic tie-breaks between duplicate records."""
+        return _canonical(self.raw)
+
+
+def _compact_json(obj: JsonObject) -> bytes:
+    """Compact JSON (ASCII escapes keep lone surrogates representable); key order kept."""
+    return json.dumps(obj, separators=(",", ":")).encode("ascii")
 
 
 @dataclass(frozen=True)
 class Catalog:
-    """One catalog entry: a delivered scene. ``details`` is its STAC item (may be missing)."""
+    """One catalog entry: a delivered scene. ``details`` is its STAC item (may be missing).
+
+    The entry is kept as compact JSON bytes (``raw_json``), not as Python dicts: a STAC item
+    with its band list costs ~4 KB that way instead of ~14 KB, which is most of a mount's
+    memory for a large catalog. The fields the tree needs are parsed once; ``raw``,
+    ``details`` and ``properties`` parse on demand.
+    """
 
     id: str
     task_id: str | None
     delivery_status: str | None
     created_at: dt.datetime | None
     updated_at: dt.datetime | None
-    details: JsonObject | None
-    raw: JsonObject = field(repr=False, compare=False)
+    item_id: str | None
+    collection: str | None
+    captured_at: dt.datetime | None
+    raw_json: bytes = field(repr=False)
 
     @classmethod
     def from_json(cls, value: Any) -> Catalog:
         obj = require_object(value, "catalog")
         details = obj.get("details")
+        details = details if isinstance(details, Mapping) else {}
+        props = details.get("properties")
+        props = props if isinstance(props, Mapping) else {}
+        item_id = details.get("id")
         return cls(
             id=require_id(obj, "id", "catalog"),
             task_id=optional_str(obj, "task_id"),
             delivery_status=optional_str(obj, "delivery_status"),
             created_at=parse_timestamp(obj.get("created_at")),
             updated_at=parse_timestamp(obj.get("updated_at")),
-            details=details if isinstance(details, Mapping) else None,
-            raw=obj,
+            item_id=item_id if isinstance(item_id, str) and item_id.strip() else None,
+            collection=optional_str(details, "collection"),
+            captured_at=parse_timestamp(props.get("datetime")),
+            raw_json=_compact_json(obj),
         )
+
+    @property
+    def raw(self) -> JsonObject:
+        """The entry exactly as the API returned it (a fresh copy on each call)."""
+        return json.loads(self.raw_json)
+
+    @property
+    def details(self) -> JsonObject | None:
+        details = self.raw.get("details")
+        return details if isinstance(details, Mapping) else None
 
     @property
     def properties(self) -> JsonObject:
@@ -160,20 +212,9 @@ class Catalog:
         return props if isinstance(props, Mapping) else {}
 
     @property
-    def item_id(self) -> str | None:
-        """The STAC item id (product name), if the entry has a usable one."""
-        value = self.details.get("id") if self.details else None
-        return value if isinstance(value, str) and value.strip() else None
-
-    @property
-    def collection(self) -> str | None:
-        value = self.details.get("collection") if self.details else None
-        return value if isinstance(value, str) else None
-
-    @property
-    def captured_at(self) -> dt.datetime | None:
-        """Capture time (STAC ``properties.datetime``), UTC."""
-        return parse_timestamp(self.properties.get("datetime"))
+    def canonical(self) -> bytes:
+        """Content for deterministic tie-breaks between duplicate records."""
+        return self.raw_json
 
     @property
     def is_delivered(self) -> bool:

@@ -172,6 +172,6 @@ def _first_leaf(group: BaseExceptionGroup[PixxelfsError]) -> PixxelfsError:
 def _signature(tree: CatalogTree) -> list[tuple[Any, ...]]:
     """What the mount shows: every path and mtime, and each scene's raw entry (metadata.json)."""
     return [
-        (path, node.mtime, node.catalog.raw if isinstance(node, SceneNode) else None)
+        (path, node.mtime, node.catalog.raw_json if isinstance(node, SceneNode) else None)
         for path, node in tree.nodes()
     ]

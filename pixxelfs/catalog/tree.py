@@ -29,7 +29,6 @@ Layout::
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections import defaultdict
@@ -38,7 +37,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TypeVar
 
-from pixxelfs.api.models import Catalog, OrderItem, Project, parse_timestamp
+from pixxelfs.api.models import Catalog, OrderItem, Project
 from pixxelfs.catalog.names import Claim, assign_names
 
 log = logging.getLogger(__name__)
@@ -133,15 +132,14 @@ _Record = TypeVar("_Record", Project, OrderItem, Catalog)
 
 def _time(record: Project | OrderItem | Catalog, field: str) -> float | None:
     """A record's ``created_at`` / ``updated_at`` as a POSIX timestamp, if it has one."""
-    parsed = parse_timestamp(record.raw.get(field))
+    parsed = getattr(record, field)
     return parsed.timestamp() if parsed else None
 
 
-def _recency_key(record: Project | OrderItem | Catalog) -> tuple[float, str]:
+def _recency_key(record: Project | OrderItem | Catalog) -> tuple[float, bytes]:
     """Ranks same-id records by ``updated_at``, ties by canonical content (never list order)."""
     updated = _time(record, "updated_at")
-    content = json.dumps(record.raw, sort_keys=True, default=str)
-    return (-math.inf if updated is None else updated, content)
+    return (-math.inf if updated is None else updated, record.canonical)
 
 
 def _creation_rank(record: Project | Catalog) -> float:

@@ -656,3 +656,28 @@ def test_curated_exports_resolve() -> None:
     import pixxelfs.api
 
     assert all(getattr(pixxelfs.api, name, None) is not None for name in pixxelfs.api.__all__)
+
+
+@pytest.mark.parametrize(("kind", "listing", "path"), LISTINGS)
+async def test_pages_after_the_second_are_fetched_concurrently_in_order(
+    kind: str, listing: Any, path: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """With a known total, later pages overlap in time; items still come in API order."""
+    api = fake_with(kind, 1050)
+    in_flight = peak = 0
+
+    async def overlapping(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await trio.sleep(1)  # virtual time (autojump): lets the other page requests start
+        in_flight -= 1
+        return api(request)
+
+    async with PixxelClient(
+        BASE, KEY, transport=httpx.MockTransport(overlapping), parallel_pages=4
+    ) as c:
+        got = await collect(listing(c))
+    assert [m.id for m in got] == [x["id"] for x in stored(api, kind)]
+    assert len(api.calls(path)) == 11
+    assert peak == 4
