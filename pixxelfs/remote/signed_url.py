@@ -13,7 +13,6 @@ conservative default lifetime.
 from __future__ import annotations
 
 import calendar
-import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -24,7 +23,7 @@ from urllib.parse import parse_qsl, urlsplit
 import trio
 from cachetools import LRUCache
 
-from pixxelfs.api.models import DownloadResource
+from pixxelfs.api.models import DownloadResource, parse_timestamp
 from pixxelfs.errors import MalformedResponseError
 from pixxelfs.logs import redact_url
 
@@ -62,17 +61,6 @@ def _compact_utc(value: str) -> float | None:
     return float(calendar.timegm(parsed))
 
 
-def _iso_utc(value: str) -> float | None:
-    """ISO 8601 (Azure's ``se``: ``2026-01-01T00:00:00Z`` or a bare date) to an epoch."""
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed.timestamp()
-
-
 def _seconds(value: str | None) -> float | None:
     if value is None or not value.isdigit():
         return None
@@ -99,7 +87,8 @@ def expiry_from_url(url: str, now: float) -> float | None:
     if legacy is not None:
         return legacy
     if "se" in query and "sig" in query:
-        return _iso_utc(query["se"])
+        expiry = parse_timestamp(query["se"])  # Azure SAS: ISO 8601
+        return expiry.timestamp() if expiry else None
     return None
 
 
