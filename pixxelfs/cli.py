@@ -19,11 +19,12 @@ from pathlib import Path
 
 import trio
 
-from pixxelfs import __version__
+from pixxelfs import __version__, cache_cli
 from pixxelfs.config import (
     API_KEY_ENV,
     DEFAULT_API_URL,
     MountConfig,
+    SharedCacheConfig,
     read_api_key,
     size_argument,
 )
@@ -33,6 +34,17 @@ from pixxelfs.logs import setup_logging
 log = logging.getLogger("pixxelfs")
 
 READY = "ready"
+MOUNT_EXAMPLES = """\
+examples:
+  export PIXXEL_API_KEY=...                  # or --api-key-file ~/.config/pixxel.key (chmod 600)
+  pixxelfs mount ~/pixxel                    # returns once mounted; a daemon serves it
+  gdalinfo ~/pixxel/PROJECT/USECASE/DATE/SCENE/SCENE_TRUE_COLOUR.vrt   # natural colour in QGIS
+  pixxelfs unmount ~/pixxel
+
+Every catalog directory has a STAC catalog.json (pystac.Catalog.from_file walks the mount),
+every scene an item.json and a true-colour VRT. As root, /etc/fstab and systemd mount it too:
+mount -t fuse.pixxelfs URL DIR -o api_key_file=PATH (man pixxelfs: FSTAB AND SYSTEMD).
+"""
 DEMO_SCENES = 20
 
 
@@ -57,6 +69,44 @@ def _add_mount_options(parser: argparse.ArgumentParser) -> None:
         help="how long catalog listings are cached; new deliveries appear after this (default: 60)",
     )
     parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="an API or storage request with no answer for this long is retried (default: 30)",
+    )
+    parser.add_argument(
+        "--download-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="longest wait for a scene's download resource to become ready (default: 300)",
+    )
+    parser.add_argument(
+        "--read-ahead-kb",
+        type=int,
+        default=1024,
+        metavar="KB",
+        help="kernel readahead of the mount, when permitted; 0 keeps the kernel's (default: 1024)",
+    )
+    parser.add_argument(
+        "--direct-io",
+        action="store_true",
+        help="bypass the kernel page cache: larger reads, but no caching of repeated reads",
+    )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=16,
+        metavar="N",
+        help="parallel range requests to storage (default: 16)",
+    )
+    parser.add_argument(
+        "--stub-reads",
+        action="store_true",
+        help="benchmarks only: package files read as zeros, to measure FUSE overhead alone",
+    )
+    parser.add_argument(
         "-o",
         dest="fuse_options",
         action="append",
@@ -69,6 +119,37 @@ def _add_mount_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--log-file", type=Path, help="daemon log file (default: under the cache dir)"
+    )
+
+
+def _add_shared_cache_options(parser: argparse.ArgumentParser) -> None:
+    """The cluster-wide block store below memory (and disk); see docs/CLUSTER.md."""
+    parser.add_argument(
+        "--shared-cache",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="shared block store redis://[:PASSWORD@]HOST:PORT/DB or rediss://...; repeat to "
+        "spread blocks over several nodes",
+    )
+    parser.add_argument(
+        "--shared-cache-timeout",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="deadline of each shared-cache call; then the origin is read (default: 1)",
+    )
+    parser.add_argument(
+        "--shared-cache-ttl",
+        type=float,
+        default=86400.0,
+        metavar="SECONDS",
+        help="lifetime of shared blocks, 0 = until Redis evicts them (default: 86400)",
+    )
+    parser.add_argument(
+        "--share-signed-urls",
+        action="store_true",
+        help="share signed URLs through the shared cache (needs a password or rediss://)",
     )
 
 
@@ -85,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
         "mount",
         help="mount the catalog of your Pixxel workspace",
         description=f"Mount the catalog. The API key comes from ${API_KEY_ENV} or --api-key-file.",
+        epilog=MOUNT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_mount_options(mount)
     mount.add_argument(
@@ -98,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument(
         "--bearer", action="store_true", help="send the key as 'Bearer <key>' instead of raw"
     )
+    _add_shared_cache_options(mount)
+    cache_cli.add_mount_options(mount)
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
     unmount = commands.add_parser("unmount", help="unmount a pixxelfs mount")
@@ -119,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pixxelfs.emulator.cli import add_arguments
 
     add_arguments(emulator)
+    cache_cli.add_commands(commands)
     return parser
 
 
@@ -147,10 +233,32 @@ def _mount_config(args: argparse.Namespace, api_url: str, api_key: str) -> Mount
         api_key=api_key,
         metadata_ttl=args.metadata_ttl,
         memory_cache_size=args.memory_cache_size,
+        request_timeout=args.request_timeout,
+        shared_cache=_shared_cache_config(args),
+        download_timeout=args.download_timeout,
         auth_scheme="bearer" if getattr(args, "bearer", False) else "raw",
+        read_ahead_kb=args.read_ahead_kb,
+        direct_io=args.direct_io,
+        connections=args.connections,
+        stub_reads=args.stub_reads,
         allow_other="allow_other" in options,
         fuse_options=tuple(o for o in options if o != "allow_other"),
         debug=args.debug,
+        **cache_cli.mount_settings(args),
+    )
+
+
+def _shared_cache_config(args: argparse.Namespace) -> SharedCacheConfig | None:
+    urls = tuple(getattr(args, "shared_cache", ()))
+    if not urls:
+        if getattr(args, "share_signed_urls", False):
+            raise ConfigError("--share-signed-urls needs --shared-cache URL")
+        return None
+    return SharedCacheConfig(
+        urls,
+        timeout=args.shared_cache_timeout,
+        ttl=args.shared_cache_ttl,
+        share_signed_urls=args.share_signed_urls,
     )
 
 
@@ -211,6 +319,7 @@ def _report(fd: int | None) -> Callable[[str], None]:
 def _run_mount(args: argparse.Namespace, argv: Sequence[str]) -> int:
     api_key = read_api_key(args.api_key_file)
     _check_mountpoint(args.mountpoint)
+    _shared_cache_config(args)  # refuse bad options before a daemon starts
     if not args.foreground:
         return _spawn_daemon(args, argv)
     config = _mount_config(args, args.api_url, api_key)
@@ -298,6 +407,8 @@ def _leaf(exc: BaseException) -> BaseException:
 def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.command == "mount":
         return _run_mount(args, argv)
+    if args.command in cache_cli.COMMANDS:
+        return cache_cli.run(args)
     if args.command == "unmount":
         return _run_unmount(args)
     if args.command == "demo":

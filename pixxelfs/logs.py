@@ -13,7 +13,8 @@ import re
 import sys
 from urllib.parse import urlsplit, urlunsplit
 
-_URL_QUERY = re.compile(r"(https?://[^\s?#\"'<>]+)\?[^\s\"'<>]*")
+# A query string, unless it is already redacted (by redact_url).
+_URL_QUERY = re.compile(r"(https?://[^\s?#\"'<>]+)\?(?!<redacted>)[^\s\"'<>]*")
 
 
 def redact_url(url: str) -> str:

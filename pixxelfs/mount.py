@@ -8,31 +8,84 @@ released on the way out (``pyfuse3.close(unmount=True)``), also after an error.
 from __future__ import annotations
 
 import logging
+import re
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 import pyfuse3
 import trio
 
 from pixxelfs import __version__
+from pixxelfs import stats as mount_stats
 from pixxelfs.api.client import PixxelClient
 from pixxelfs.catalog.service import CatalogService
+from pixxelfs.catalog.snapshot import SNAPSHOT_NAME, EntryVersions, SnapshotStore
 from pixxelfs.config import MountConfig
+from pixxelfs.fs.control import ControlEntries
 from pixxelfs.fs.operations import PixxelOperations
 from pixxelfs.fs.scenes import SceneStore
 from pixxelfs.fs.virtual import CombinedVirtualEntries, VirtualEntries
+from pixxelfs.offline import GatedDownloads, OfflineGate, start_catalog
 from pixxelfs.remote.block_cache import BlockCache
+from pixxelfs.remote.disk_cache import open_disk_cache
 from pixxelfs.remote.package import RemotePackage
+from pixxelfs.remote.readahead import MemoryBudget, ReadaheadPolicy, ReadPaths
+from pixxelfs.remote.shared_cache import account_scope, open_shared_store
 from pixxelfs.remote.signed_url import SignedUrlResolver
 from pixxelfs.remote.storage import PackageSource, StorageClient
 from pixxelfs.remote.tiers import BlockTier
+from pixxelfs.stats import MountStats
+from pixxelfs.views.stac import ScenePaths, StacView
+from pixxelfs.views.vrt import TrueColourView
 
 log = logging.getLogger(__name__)
 
-# Storage connections: enough for parallel range parts of a few open files.
-STORAGE_CONNECTIONS = 16
+MIB = 1 << 20
+
+
+def read_paths(config: MountConfig) -> ReadPaths:
+    """The mount's read-path settings: parts in flight bounded to a quarter of the memory cache
+    (at most 64 MiB, at least one 8 MiB part), so RSS stays near the cache size."""
+    budget = MemoryBudget(max(8 * MIB, min(64 * MIB, config.memory_cache_size // 4)))
+    policy = ReadaheadPolicy.for_cache(config.memory_cache_size, config.read_ahead_kb * 1024)
+    if config.shared_cache is not None:
+        # One request per block: a block's shared-cache lease decides which mount fetches it,
+        # and a part spanning blocks leased by other mounts would fetch those again.
+        return ReadPaths(budget, policy, part_size=config.block_size)
+    return ReadPaths(budget, policy)
+
+
+def _mount_device(mountpoint: Path) -> str | None:
+    """``major:minor`` of the mount at ``mountpoint``, from /proc/self/mountinfo.
+
+    Not ``os.stat``: before ``pyfuse3.main`` runs, a stat of our own mount would wait for an
+    answer that only we can give.
+    """
+    device = None
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        target = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        if target == str(mountpoint):
+            device = fields[2]  # the last match is the top of a stack of mounts
+    return device
+
+
+def raise_read_ahead(mountpoint: Path, kilobytes: int) -> None:
+    """Set the mount's bdi ``read_ahead_kb`` (as gcsfuse does), so the kernel sends larger
+    FUSE reads; needs root, otherwise the kernel's default is kept."""
+    device = _mount_device(mountpoint) if kilobytes > 0 else None
+    if device is None:
+        return
+    path = Path("/sys/class/bdi") / device / "read_ahead_kb"
+    try:
+        path.write_text(f"{kilobytes}\n")
+    except OSError as exc:
+        log.info("kernel readahead left at its default (%s: %s)", path, exc.strerror)
+        return
+    log.info("kernel readahead of %s set to %d KiB", mountpoint, kilobytes)
 
 
 def fuse_options(config: MountConfig) -> set[str]:
@@ -51,35 +104,95 @@ async def open_operations(config: MountConfig) -> AsyncIterator[PixxelOperations
     """Build the whole read stack and load the catalog once (fail fast on a bad key/URL)."""
     headers = {"User-Agent": f"pixxelfs/{__version__}"}
     limits = httpx.Limits(
-        max_connections=STORAGE_CONNECTIONS, max_keepalive_connections=STORAGE_CONNECTIONS
+        max_connections=config.connections, max_keepalive_connections=config.connections
     )
     async with (
-        PixxelClient(config.api_url, config.api_key, auth_scheme=config.auth_scheme) as api,
-        httpx.AsyncClient(headers=headers, limits=limits, timeout=30.0) as storage_http,
+        PixxelClient(
+            config.api_url,
+            config.api_key,
+            auth_scheme=config.auth_scheme,
+            timeout=config.request_timeout,
+            download_deadline=config.download_timeout,
+        ) as api,
+        httpx.AsyncClient(
+            headers=headers, limits=limits, timeout=config.request_timeout
+        ) as storage_http,
+        # Before the cache: its fetch tasks, which use the store, end before the store closes.
+        open_shared_store(
+            config.shared_cache, account_scope(config.api_url, config.api_key)
+        ) as shared,
+        open_disk_cache(
+            config.cache_dir,
+            config.api_url,
+            config.api_key,
+            limit=config.cache_size,
+            block_size=config.block_size,
+        ) as disk,
         BlockCache.open(config.memory_cache_size, config.block_size) as cache,
+        trio.open_nursery() as background,
     ):
         storage = StorageClient(storage_http)
-        resolver = SignedUrlResolver(api)
-        catalog = CatalogService(api, ttl=config.metadata_ttl)
-        tree = await catalog.tree()
+        gate = OfflineGate(config.offline)
+        downloads = api if shared is None else shared.downloads(api)
+        resolver = SignedUrlResolver(GatedDownloads(downloads, gate))
+        snapshots = None if disk is None else SnapshotStore(disk.folder / SNAPSHOT_NAME)
+        catalog = CatalogService(
+            api,
+            ttl=config.metadata_ttl,
+            on_listings=None if snapshots is None else snapshots.save,
+        )
+        tree = await start_catalog(
+            catalog, api, snapshots, gate, background, ttl=config.metadata_ttl
+        )
         log.info("catalog loaded: %d scenes", tree.scene_count)
 
         # Cache levels below memory (disk, shared store), nearest first.
         tiers: list[BlockTier] = []
         # Providers of virtual files and folders (views, control files), first wins.
         virtual_entries: list[VirtualEntries] = []
+        virtual_entries.append(StacView(ScenePaths(catalog.current)))
+        virtual_entries.append(TrueColourView())
+        stats = MountStats()
+        virtual_entries.append(ControlEntries(stats))
+        if disk is not None:
+            tiers.append(disk.tier)
+        if shared is not None:  # the last tier: memory -> disk -> shared -> origin
+            tiers.append(shared.block_tier(config.block_size))
+
+        paths = read_paths(config)
+
+        versions = EntryVersions(catalog.current)
 
         def open_package(catalog_id: str) -> RemotePackage:
             source = PackageSource(catalog_id, resolver, storage)
-            return RemotePackage(source, cache, tiers=tiers)
+            saved = None if disk is None else disk.saved_index(catalog_id, versions(catalog_id))
+            return RemotePackage(source, cache, tiers=tiers, paths=paths, saved=saved)
 
-        yield PixxelOperations(
+        operations = PixxelOperations(
             catalog,
             SceneStore(open_package),
             metadata_ttl=config.metadata_ttl,
             block_size=config.block_size,
             virtual=CombinedVirtualEntries(virtual_entries),
+            readahead=paths.policy,
+            direct_io=config.direct_io,
+            stub_reads=config.stub_reads,
         )
+        # Sections of <mount>/.pixxelfs/stats.json: one line each.
+        stats.add("memory_cache", mount_stats.memory_cache(cache))
+        if disk is not None:
+            stats.add("disk_cache", disk.stats)
+        stats.add("storage", mount_stats.storage(storage, resolver))
+        stats.add("api", mount_stats.api(api))
+        stats.add("catalog", mount_stats.catalog(catalog))
+        stats.add("connectivity", gate.stats)
+        if shared is not None:
+            stats.add("shared_cache", shared.stats)
+        stats.add("errors", lambda: dict(operations.errors))
+        try:
+            yield operations
+        finally:
+            background.cancel_scope.cancel()
 
 
 async def _terminate_on_signals(task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -97,6 +210,7 @@ async def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None
         await nursery.start(_terminate_on_signals)
         pyfuse3.init(operations, str(config.mountpoint), fuse_options(config))
         try:
+            raise_read_ahead(config.mountpoint, config.read_ahead_kb)
             log.info("mounted %s (api %s)", config.mountpoint, config.api_url)
             on_ready()
             await pyfuse3.main()

@@ -6,7 +6,9 @@ Concurrent callers share one rebuild. When a rebuild fails with a :class:`Pixxel
 snapshot exists, the old snapshot keeps being served (a warning is logged) and the next rebuild
 is attempted on the first access after ``failure_backoff`` seconds; with no snapshot yet the
 error is raised. ``generation`` increases only when a rebuild changes what the mount shows, so
-the fs layer can invalidate kernel caches exactly then.
+the fs layer can invalidate kernel caches exactly then. A saved snapshot can be served before
+the first listing (:meth:`CatalogService.seed`), and ``on_listings`` receives the listings of
+every rebuild that changed the tree, so they can be persisted.
 
 Cancellation: a rebuild runs in the task of the caller that started it. If that caller is
 cancelled, waiting callers are woken without a result and one of them starts a new rebuild.
@@ -15,7 +17,7 @@ cancelled, waiting callers are woken without a result and one of them starts a n
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -31,6 +33,9 @@ DEFAULT_FAILURE_BACKOFF = 10.0
 """Seconds to keep serving an old snapshot after a failed rebuild before trying again."""
 
 _T = TypeVar("_T")
+
+OnListings = Callable[[list[Project], list[OrderItem], list[Catalog]], Awaitable[None]]
+"""Called with the listings of every rebuild that changed the tree (to persist them)."""
 
 
 class CatalogApi(Protocol):
@@ -62,8 +67,10 @@ class CatalogService:
         ttl: float,
         clock: Callable[[], float] = trio.current_time,
         failure_backoff: float = DEFAULT_FAILURE_BACKOFF,
+        on_listings: OnListings | None = None,
     ):
         self._api = api
+        self._on_listings = on_listings
         self._ttl = ttl
         self._clock = clock
         self._failure_backoff = failure_backoff
@@ -87,6 +94,13 @@ class CatalogService:
         if self._tree is not None and self._clock() < self._fresh_until:
             return self._tree
         return await self._shared_rebuild()
+
+    def seed(self, tree: CatalogTree, *, fresh_for: float) -> None:
+        """Serve ``tree`` (a saved snapshot) without asking the API for ``fresh_for`` seconds."""
+        self._tree = tree
+        self._signature = _signature(tree)
+        self._fresh_until = self._clock() + fresh_for
+        self.generation += 1
 
     async def refresh(self) -> CatalogTree:
         """Rebuild now regardless of age (joining a rebuild already in progress)."""
@@ -128,7 +142,10 @@ class CatalogService:
             self._fresh_until = self._clock() + self._failure_backoff
             return self._tree
         tree = await trio.to_thread.run_sync(build_tree, projects, order_items, catalogs)
+        generation = self.generation
         self._install(tree, started)
+        if self._on_listings is not None and self.generation != generation:
+            await self._on_listings(projects, order_items, catalogs)
         return tree
 
     def _install(self, tree: CatalogTree, fetched_at: float) -> None:

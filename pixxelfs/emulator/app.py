@@ -162,6 +162,12 @@ class EmulatorMiddleware:
         if early is not None:
             await early(scope, receive, send)
             return
+        raw = self.state.hostile.answers.get(route)
+        if raw is not None:
+            await Response(raw.body, raw.status, media_type="application/json")(
+                scope, receive, send
+            )
+            return
         decision = self.state.faults.decide(route)
         if decision.latency:
             await trio.sleep(decision.latency)

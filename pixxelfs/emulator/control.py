@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from pixxelfs.emulator.api import json_body
 from pixxelfs.emulator.faults import FaultPlan
+from pixxelfs.emulator.hostile import HostilePlan
 from pixxelfs.emulator.state import EmulatorState, bad_request, not_found
 from pixxelfs.emulator.stats import Stats
 
@@ -35,6 +36,25 @@ async def set_faults(request: Request) -> JSONResponse:
 
 async def clear_faults(request: Request) -> Response:
     _state(request).faults.set(FaultPlan())
+    return Response(status_code=204)
+
+
+async def set_hostile(request: Request) -> JSONResponse:
+    try:
+        plan = HostilePlan.from_json(await json_body(request))
+    except ValueError as exc:
+        raise bad_request(f"invalid hostile plan: {exc}") from None
+    _state(request).hostile = plan
+    return JSONResponse(plan.to_json())
+
+
+async def clear_hostile(request: Request) -> Response:
+    _state(request).hostile = HostilePlan()
+    return Response(status_code=204)
+
+
+async def revoke_urls(request: Request) -> Response:
+    _state(request).revoke_urls()
     return Response(status_code=204)
 
 
@@ -83,6 +103,9 @@ ROUTES = [
     Route("/_emulator/faults", get_faults, methods=["GET"], name="control.faults.get"),
     Route("/_emulator/faults", set_faults, methods=["POST"], name="control.faults.set"),
     Route("/_emulator/faults", clear_faults, methods=["DELETE"], name="control.faults.clear"),
+    Route("/_emulator/hostile", set_hostile, methods=["POST"], name="control.hostile.set"),
+    Route("/_emulator/hostile", clear_hostile, methods=["DELETE"], name="control.hostile.clear"),
+    Route("/_emulator/urls/revoke", revoke_urls, methods=["POST"], name="control.urls.revoke"),
     Route(
         "/_emulator/packages/{catalog_id}/replace",
         replace_package,

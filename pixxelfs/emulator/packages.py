@@ -23,7 +23,7 @@ from pathlib import Path
 
 import trio
 
-from pixxelfs.emulator import rasters
+from pixxelfs.emulator import hostile, rasters
 from pixxelfs.emulator.config import EmulatorConfig
 from pixxelfs.emulator.stac import Member, footprint_geometry, members, stac_item
 from pixxelfs.emulator.world import Scene, World
@@ -73,6 +73,11 @@ class PackageStore:
         version = self.version(catalog_id)
         key = (catalog_id, str(version))
         return await self._single_flight(key, lambda: self._build_scene(scene, version))
+
+    async def ensure_crafted(self, catalog_id: str, names: tuple[str, ...]) -> PackageInfo:
+        """A package whose members are called exactly ``names`` (see :mod:`.hostile`)."""
+        key = ("crafted", catalog_id, *names)
+        return await self._single_flight(key, lambda: self._build_crafted(key, names))
 
     async def ensure_combined(self, download_id: str, catalog_ids: list[str]) -> PackageInfo:
         """One ZIP with every listed scene's members (for multi-scene downloads)."""
@@ -167,6 +172,13 @@ class PackageStore:
         if mode == "stored" or (mode == "default" and member.path.endswith(_BINARY_SUFFIXES)):
             return zipfile.ZIP_STORED
         return zipfile.ZIP_DEFLATED
+
+    def _build_crafted(self, key: tuple[str, ...], names: tuple[str, ...]) -> PackageInfo:
+        digest = hashlib.sha256(repr(key).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        path = self.cache_dir / f"crafted-{key[1]}-{digest}.zip"
+        if not path.exists():
+            _atomic_write(path, lambda tmp: hostile.write_package(tmp, names))
+        return _info(path, 0, dt.datetime(2025, 1, 1, tzinfo=dt.UTC))
 
     def _build_combined(self, key: tuple[str, ...], parts: list[PackageInfo]) -> PackageInfo:
         digest = hashlib.sha256(repr(key).encode()).hexdigest()[:16]

@@ -23,6 +23,7 @@ from hypercorn.trio import serve
 from pixxelfs.emulator.app import build_app
 from pixxelfs.emulator.config import EmulatorConfig
 from pixxelfs.emulator.faults import FaultPlan
+from pixxelfs.emulator.hostile import HostilePlan
 from pixxelfs.emulator.state import EmulatorState
 from pixxelfs.emulator.stats import Stats
 
@@ -64,6 +65,16 @@ class Emulator:
 
     def clear_faults(self) -> None:
         self._call(self.state.faults.set, FaultPlan())
+
+    def set_hostile(self, plan: HostilePlan) -> None:
+        self._call(setattr, self.state, "hostile", plan)
+
+    def clear_hostile(self) -> None:
+        self._call(setattr, self.state, "hostile", HostilePlan())
+
+    def revoke_urls(self) -> None:
+        """Every signed URL issued so far answers 403 from now on, as if it had expired."""
+        self._call(self.state.revoke_urls)
 
     def stats(self) -> dict[str, Any]:
         return self._call(lambda: self.state.stats.to_json())

@@ -16,6 +16,7 @@ import trio
 
 from pixxelfs.emulator.config import EmulatorConfig
 from pixxelfs.emulator.faults import FaultState
+from pixxelfs.emulator.hostile import HostilePlan
 from pixxelfs.emulator.packages import PackageStore
 from pixxelfs.emulator.signing import UrlSigner
 from pixxelfs.emulator.stats import Stats
@@ -65,6 +66,7 @@ class EmulatorState:
     public_url: str = ""
     downloads: dict[str, Download] = field(default_factory=dict)
     nursery: trio.Nursery | None = None
+    hostile: HostilePlan = field(default_factory=HostilePlan)
 
     @classmethod
     def create(cls, config: EmulatorConfig, cache_dir: Path) -> EmulatorState:
@@ -82,6 +84,10 @@ class EmulatorState:
     def url_lifetime(self) -> float:
         override = self.faults.plan.url_lifetime
         return override if override is not None else self.config.url_lifetime
+
+    def revoke_urls(self) -> None:
+        """New signing key: every URL signed so far is refused (403), as if it had expired."""
+        self.signer = UrlSigner(secrets.token_bytes(32))
 
     def new_download(self, catalog_ids: list[str]) -> Download:
         download_id = stable_uuid(self.config.seed, "download", len(self.downloads))

@@ -116,6 +116,9 @@ async def _resolve(state: EmulatorState, key: str) -> PackageInfo | None:
         if any(cid not in state.world.by_id for cid in ids):
             return None
         if len(ids) == 1:
+            crafted = state.hostile.members.get(ids[0])
+            if crafted is not None:
+                return await state.packages.ensure_crafted(ids[0], crafted)
             return await state.packages.ensure(ids[0])
         return await state.packages.ensure_combined(download.id, ids)
     if key in state.world.by_id:

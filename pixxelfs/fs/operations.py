@@ -17,6 +17,7 @@ import errno
 import logging
 import os
 import stat
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from pixxelfs.fs.scene_files import (
 )
 from pixxelfs.fs.scenes import SceneStore
 from pixxelfs.fs.virtual import NoVirtualEntries, VirtualEntries
-from pixxelfs.remote.member import MemberReader
+from pixxelfs.remote.readahead import MemberHandle, ReadaheadPolicy
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class Resolved:
 @dataclass
 class OpenFile:
     path: Path
-    reader: MemberReader | None  # None: an in-memory file (metadata.json)
+    reader: MemberHandle | None  # None: an in-memory file (metadata.json)
     data: bytes = b""
     catalog_id: str | None = None
 
@@ -108,8 +109,16 @@ class PixxelOperations(pyfuse3.Operations):
         uid: int | None = None,
         gid: int | None = None,
         virtual: VirtualEntries | None = None,
+        readahead: ReadaheadPolicy | None = None,
+        direct_io: bool = False,
+        stub_reads: bool = False,
     ) -> None:
         super().__init__()
+        # Per-handle read paths; direct_io trades the page cache for large FUSE reads;
+        # stub_reads (benchmarks only) answers package files with zeros, nothing remote.
+        self.readahead = readahead or ReadaheadPolicy()
+        self.direct_io = direct_io
+        self.stub_reads = stub_reads
         self.catalog = catalog
         self.scenes = scenes
         self.virtual = virtual or NoVirtualEntries()
@@ -123,6 +132,8 @@ class PixxelOperations(pyfuse3.Operations):
         self._next_handle = 1
         # Package identity last served per inode: keep the kernel page cache only while it holds.
         self._served: dict[int, object] = {}
+        # Errors returned to callers, by errno name (for stats.json).
+        self.errors: Counter[str] = Counter()
 
     # ---- errors --------------------------------------------------------------------------
 
@@ -135,6 +146,7 @@ class PixxelOperations(pyfuse3.Operations):
             raise
         except PixxelfsError as exc:
             number = to_errno(exc)
+            self.errors[errno.errorcode.get(number, str(number))] += 1
             log.warning(
                 "%s /%s: %s: %s (-> %s)",
                 operation,
@@ -146,6 +158,7 @@ class PixxelOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(number) from None
         except Exception:
             log.exception("%s /%s: unexpected error (-> EIO)", operation, "/".join(path))
+            self.errors["EIO"] += 1
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     @contextmanager
@@ -230,8 +243,21 @@ class PixxelOperations(pyfuse3.Operations):
     async def lookup(self, parent_inode, name, ctx=None):
         path = (*self.inodes.path(parent_inode), os.fsdecode(name))
         with self._errors("lookup", path):
-            resolved = await self._must_resolve(path)
+            resolved = await self._resolve(path)
+            if resolved is None:
+                return self._negative_entry()
             return self._attributes(self.inodes.inode(path), resolved)
+
+    def _negative_entry(self) -> pyfuse3.EntryAttributes:
+        """A missing name that the kernel caches for the TTL (st_ino 0); ENOENT is not cached.
+
+        GIS tools probe a dozen sidecars (``.aux.xml``, ``.ovr``, ``.msk``, ...) on every open:
+        the kernel answers repeats itself, and no inode is allocated for names that do not exist.
+        """
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = pyfuse3.InodeT(0)
+        attrs.entry_timeout = self.ttl
+        return attrs
 
     # ---- directories ---------------------------------------------------------------------
 
@@ -298,18 +324,20 @@ class PixxelOperations(pyfuse3.Operations):
             handle = self._new_handle()
             if isinstance(node, MemoryFile):
                 self._files[handle] = OpenFile(path, None, node.data)
-                return pyfuse3.FileInfo(fh=handle, keep_cache=False)
+                # A volatile file (stats.json) changes size: direct_io, never a stale size.
+                return pyfuse3.FileInfo(fh=handle, keep_cache=False, direct_io=node.volatile)
             if not isinstance(node, MemberFile) or resolved.scene is None:
                 raise pyfuse3.FUSEError(errno.EISDIR)
             catalog_id = resolved.scene.catalog.id
             loaded = await self.scenes.load(catalog_id)
             with self._forget_changed(catalog_id):
                 reader = await loaded.package.open_member(node.member)
-            self._files[handle] = OpenFile(path, reader, catalog_id=catalog_id)
+            member_handle = MemberHandle(reader, self.readahead)
+            self._files[handle] = OpenFile(path, member_handle, catalog_id=catalog_id)
             identity = loaded.package.source.identity
             keep = self._served.get(inode) == identity
             self._served[inode] = identity
-            return pyfuse3.FileInfo(fh=handle, keep_cache=keep)
+            return pyfuse3.FileInfo(fh=handle, keep_cache=keep, direct_io=self.direct_io)
 
     async def read(self, fh, off, size):
         handle = self._files.get(fh)
@@ -317,6 +345,8 @@ class PixxelOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         if handle.reader is None:
             return handle.data[off : off + size]
+        if self.stub_reads:
+            return bytes(max(0, min(size, handle.reader.reader.size - off)))
         with self._errors("read", handle.path), self._forget_changed(handle.catalog_id):
             return await handle.reader.read(off, size)
 

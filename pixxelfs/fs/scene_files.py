@@ -21,9 +21,14 @@ METADATA_NAME = "metadata.json"
 
 @dataclass(frozen=True)
 class MemoryFile:
-    """A file whose bytes pixxelfs holds itself: ``metadata.json`` and other virtual files."""
+    """A file whose bytes pixxelfs holds itself: ``metadata.json`` and other virtual files.
+
+    ``volatile`` files are rendered anew on every open (their size may change): they are
+    opened with ``direct_io`` so the kernel never cuts a read at a stale size.
+    """
 
     data: bytes
+    volatile: bool = False
 
 
 @dataclass(frozen=True)

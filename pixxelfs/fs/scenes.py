@@ -57,7 +57,9 @@ class SceneStore:
 
     def forget(self, catalog_id: str) -> None:
         """Drop a scene's package (it changed or vanished); the next look reloads it."""
-        self._loaded.pop(catalog_id, None)
+        scene = self._loaded.pop(catalog_id, None)
+        if scene is not None:
+            scene.package.discard_saved_index()
 
     def __len__(self) -> int:
         return len(self._loaded)

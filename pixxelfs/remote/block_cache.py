@@ -113,6 +113,10 @@ class BlockCache:
             in_flight=len(self._flights),
         )
 
+    def known(self, key: BlockKey) -> bool:
+        """Cached or being fetched: asking for it costs no new request."""
+        return key in self._blocks or key in self._flights
+
     def peek(self, key: BlockKey) -> bytes | None:
         """The cached block, without fetching or touching the statistics."""
         return self._blocks.get(key)

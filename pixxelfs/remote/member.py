@@ -20,8 +20,10 @@ to its end; a mismatch (or a stream that ends early or runs long) raises
 :class:`CorruptPackageError` and poisons the reader. Inflation runs in a worker thread (zlib
 releases the GIL), so a long re-inflation does not stall other filesystem requests.
 
-Sequential reads (one starting where the previous ended) also prefetch the package ranges
-that will be needed next, so throughput is not bound by one round trip per block.
+A STORED member is read through the package's blocks or, for ``exact`` reads of a GeoTIFF,
+through its tile pieces (``cog``). Which one, and what to fetch ahead, is decided per open
+handle (``readahead.MemberHandle``); a DEFLATED member prefetches its compressed input ahead
+of the inflater.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Protocol
 import trio
 
 from pixxelfs.errors import CorruptPackageError
+from pixxelfs.remote.cog import PieceMap
 from pixxelfs.remote.zipindex import STORED, ZipMember
 
 log = logging.getLogger(__name__)
@@ -48,7 +51,7 @@ class PackageBytes(Protocol):
     @property
     def block_size(self) -> int: ...
 
-    async def read(self, offset: int, size: int) -> bytes: ...
+    async def read(self, offset: int, size: int, *, pieces: PieceMap | None = None) -> bytes: ...
 
     def prefetch(self, offset: int, size: int) -> None: ...
 
@@ -84,12 +87,14 @@ class MemberReader:
         max_seek_points: int = 64,
         window_bytes: int = 1024 * 1024,
         readahead_bytes: int = 4 * 1024 * 1024,
+        pieces: PieceMap | None = None,
     ):
         if seek_interval <= 0 or max_seek_points < 1:
             raise ValueError("seek_interval and max_seek_points must be positive")
         self.member = member
         self._package = package
         self.data_start = data_start
+        self.pieces = pieces
         self._interval = seek_interval
         self._max_points = max_seek_points
         self._window_limit = window_bytes
@@ -101,7 +106,6 @@ class MemberReader:
         self._window_start = 0
         self._verified = False
         self._poisoned: CorruptPackageError | None = None
-        self._last_end = -1
         self.inflated_bytes = 0
 
     @property
@@ -112,19 +116,19 @@ class MemberReader:
     def seek_points(self) -> int:
         return len(self._points)
 
-    async def read(self, offset: int, size: int) -> bytes:
-        """Member bytes ``[offset, offset + size)``, clamped; ``b""`` at or after the end."""
+    async def read(self, offset: int, size: int, *, exact: bool = False) -> bytes:
+        """Member bytes ``[offset, offset + size)``, clamped; ``b""`` at or after the end.
+
+        ``exact`` (a random reader) fetches whole GeoTIFF tiles rather than blocks.
+        """
         if offset < 0 or size < 0:
             raise ValueError("offset and size must be non-negative")
         end = min(offset + size, self.member.size)
         if offset >= end:
             return b""
-        sequential = offset == self._last_end
-        self._last_end = end
         if self.member.method == STORED:
-            if sequential:
-                self._package.prefetch(self.data_start + end, self._readahead)
-            return await self._package.read(self.data_start + offset, end - offset)
+            pieces = self.pieces if exact else None
+            return await self._package.read(self.data_start + offset, end - offset, pieces=pieces)
         async with self._lock:
             if self._poisoned is not None:
                 raise self._poisoned
@@ -133,6 +137,13 @@ class MemberReader:
             except CorruptPackageError as exc:
                 self._poisoned = exc
                 raise
+
+    def prefetch(self, offset: int, size: int) -> None:
+        """Start fetching member bytes ahead of a sequential reader (STORED members only: a
+        DEFLATED member's inflater prefetches its own compressed input)."""
+        end = min(offset + size, self.member.size)
+        if self.member.method == STORED and offset < end:
+            self._package.prefetch(self.data_start + offset, end - offset)
 
     async def _read_deflated(self, offset: int, end: int) -> bytes:
         cursor = self._cursor

@@ -1,23 +1,31 @@
 """A remote delivery package: its ZIP index and its bytes, read through the block cache.
 
-This module owns turning package byte ranges into aligned block reads (so concurrent and
-repeated reads share fetches), reading the ZIP directory with one or two range requests, and
-handing out member readers. It does not parse ZIP structures (``zipindex``) nor inflate
-members (``member``).
+This module owns turning package byte ranges into cacheable *units* (aligned blocks, or exact
+ranges such as COG tiles) and units into range requests: consecutive units missing from the
+cache are fetched as one request of at most ``part_size`` bytes, several parts in parallel,
+each part waiting for room in the mount's memory budget first. It reads the ZIP directory with
+one or two range requests, and hands out member readers, parsing a STORED GeoTIFF's header
+and IFDs on first open (one exact request) so random reads can fetch whole tiles and the
+smallest overviews are prefetched. It does not parse ZIP or TIFF structures (``zipindex``,
+``cog``) nor inflate members (``member``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 from cachetools import LRUCache
 
 from pixxelfs.errors import CorruptPackageError, StorageError
 from pixxelfs.remote.block_cache import BlockCache, BlockKey, Fetch
+from pixxelfs.remote.cog import HEADER_PROBE, NeedMoreBytes, PieceMap, Pieces, parse_layout
 from pixxelfs.remote.member import MemberReader
-from pixxelfs.remote.storage import DEFAULT_PROBE_BYTES, PackageSource
+from pixxelfs.remote.readahead import ReadPaths
+from pixxelfs.remote.storage import DEFAULT_PROBE_BYTES, ObjectInfo, PackageSource
 from pixxelfs.remote.tiers import BlockTier, chain
 from pixxelfs.remote.zipindex import (
     DEFLATED,
@@ -32,6 +40,78 @@ from pixxelfs.remote.zipindex import (
 )
 
 log = logging.getLogger(__name__)
+
+_GEOTIFF_SUFFIXES = (".tif", ".tiff")
+# A GeoTIFF whose IFDs need more than this is read in plain blocks.
+_MAX_HEADER = 16 << 20
+# Room for the member name and extra field of a ZIP local header, read with the TIFF header.
+_NAME_ROOM = 1024
+
+
+class _ExactRange:
+    """A piece map with one piece: reads the GeoTIFF header probe as one exact range."""
+
+    def __init__(self, start: int, end: int):
+        self.start, self.end = start, end
+
+    def piece_at(self, offset: int) -> tuple[int, int] | None:
+        return (self.start, self.end) if self.start <= offset < self.end else None
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One cacheable piece of package bytes: an aligned block or an exact range."""
+
+    key: BlockKey
+    start: int
+    end: int
+
+
+class _SharedRange:
+    """One range request whose bytes several cache entries share; the outcome is kept."""
+
+    def __init__(self, package: RemotePackage, start: int, end: int, *, ahead: bool, exact: bool):
+        self._package = package
+        self.start, self.end = start, end
+        self._ahead, self._exact = ahead, exact
+        self._lock = trio.Lock()
+        self._data: bytes | None = None
+        self._error: Exception | None = None
+
+    def part(self, start: int, end: int) -> Fetch:
+        async def fetch() -> bytes:
+            data = await self._get()
+            return data[start - self.start : end - self.start]
+
+        return fetch
+
+    async def _get(self) -> bytes:
+        async with self._lock:
+            if self._error is not None:
+                raise self._error
+            if self._data is None:
+                try:
+                    self._data = await self._request()
+                except Exception as exc:
+                    self._error = exc
+                    raise
+            return self._data
+
+    async def _request(self) -> bytes:
+        paths = self._package.paths
+        async with paths.budget.reserve(self.end - self.start):
+            paths.count(self.end - self.start, ahead=self._ahead, exact=self._exact)
+            return await self._package.source.read_range(self.start, self.end)
+
+
+class SavedIndex(Protocol):
+    """A package's version and ZIP index kept by an earlier mount (``disk_cache``)."""
+
+    async def load(self) -> tuple[ObjectInfo, ZipIndex] | None: ...
+
+    async def save(self, info: ObjectInfo, index: ZipIndex) -> None: ...
+
+    def discard(self) -> None: ...
 
 
 async def read_zip_index(source: PackageSource) -> ZipIndex:
@@ -55,10 +135,11 @@ async def read_zip_index(source: PackageSource) -> ZipIndex:
 class RemotePackage:
     """One package version: cached index, block-cached byte ranges and shared member readers.
 
-    ``tiers`` are the cache levels below memory (disk, shared store; see ``tiers``).
-    ``max_parallel_blocks`` bounds how many blocks one read (or one readahead hint) fetches at
-    once; member readers are shared per member so their inflate seek points are reused by
-    every handle.
+    ``tiers`` are the cache levels below memory (disk, shared store; see ``tiers``); they see
+    block keys and, for exact ranges, keys whose ``package`` is ``(*identity, "range", end)``
+    and whose ``index`` is the range's start. ``paths`` holds the mount-wide part size, memory
+    budget and counters. Member readers are shared per member so their inflate seek points
+    and parsed GeoTIFF layout are reused by every handle.
     """
 
     def __init__(
@@ -66,14 +147,16 @@ class RemotePackage:
         source: PackageSource,
         cache: BlockCache,
         *,
-        max_parallel_blocks: int = 8,
+        paths: ReadPaths | None = None,
         max_readers: int = 32,
         tiers: Sequence[BlockTier] = (),
+        saved: SavedIndex | None = None,
     ):
         self.source = source
+        self.paths = paths or ReadPaths.default()
         self._cache = cache
         self._tiers = tuple(tiers)
-        self._parallel = max(1, max_parallel_blocks)
+        self._saved = saved
         self._index: ZipIndex | None = None
         self._index_lock = trio.Lock()
         self._readers: LRUCache[ZipMember, MemberReader] = LRUCache(maxsize=max_readers)
@@ -89,43 +172,113 @@ class RemotePackage:
         """The ZIP index, read once (concurrent callers wait for the first)."""
         async with self._index_lock:
             if self._index is None:
-                self._index = await read_zip_index(self.source)
+                self._index = await self._load_index()
             return self._index
 
-    async def read(self, offset: int, size: int) -> bytes:
-        """Package bytes ``[offset, offset + size)``, clamped to the package's end."""
+    async def _load_index(self) -> ZipIndex:
+        """The saved index of an earlier mount (pinning its version: no request), else read."""
+        if self._saved is not None:
+            saved = await self._saved.load()
+            if saved is not None:
+                self.source.pin(saved[0])
+                return saved[1]
+        index = await read_zip_index(self.source)
+        if self._saved is not None and self.source.info is not None:
+            await self._saved.save(self.source.info, index)
+        return index
+
+    def discard_saved_index(self) -> None:
+        """The package changed: the saved index must not be used again."""
+        if self._saved is not None:
+            self._saved.discard()
+
+    async def read(self, offset: int, size: int, *, pieces: Pieces | None = None) -> bytes:
+        """Package bytes ``[offset, offset + size)``, clamped to the package's end.
+
+        With ``pieces``, bytes inside a piece are fetched as that exact range (a COG tile);
+        the others as aligned blocks.
+        """
         if offset < 0 or size < 0:
             raise ValueError("offset and size must be non-negative")
         total = await self.size()
         end = min(offset + size, total)
         if offset >= end:
             return b""
-        block = self.block_size
-        first, last = offset // block, (end - 1) // block
+        segments = self._plan(offset, end, total, pieces)
+        fetchers = self._fetchers([unit for unit, _, _ in segments], ahead=False)
+        for key, fetch in list(fetchers.items())[1:]:  # the first one is started by get()
+            self._cache.prefetch(key, fetch)
         parts: list[bytes] = []
-        for index in range(first, last + 1):
-            for ahead in range(index + 1, min(index + self._parallel, last + 1)):
-                self._cache.prefetch(self._key(ahead), self._fetcher(ahead, total))
-            data = await self._cache.get(self._key(index), self._fetcher(index, total))
-            start = index * block
-            expected = min(start + block, total) - start
-            if len(data) != expected:
-                raise StorageError(f"block {index} has {len(data)} bytes, expected {expected}")
-            parts.append(data[max(offset - start, 0) : min(end - start, expected)])
+        for unit, start, stop in segments:
+            fetch = fetchers.get(unit.key)
+            if fetch is None:  # cached or in flight when planned (it may be evicted since)
+                fetch = self._through_tiers(unit, self._shared([unit], ahead=False))
+            data = await self._cache.get(unit.key, fetch)
+            if len(data) != unit.end - unit.start:
+                raise StorageError(
+                    f"bytes {unit.start}-{unit.end}: got {len(data)}, expected "
+                    f"{unit.end - unit.start}"
+                )
+            parts.append(data[start - unit.start : stop - unit.start])
         return b"".join(parts)
 
-    def prefetch(self, offset: int, size: int) -> None:
-        """Start fetching the blocks of ``[offset, offset + size)`` without waiting (a hint)."""
+    def prefetch(self, offset: int, size: int, *, pieces: Pieces | None = None) -> None:
+        """Start fetching ``[offset, offset + size)`` in parts, without waiting (a hint)."""
         info = self.source.info
         if info is None or size <= 0:
             return
         end = min(offset + size, info.size)
-        if offset >= end:
-            return
-        block = self.block_size
-        last = min((end - 1) // block, offset // block + self._parallel - 1)
-        for index in range(offset // block, last + 1):
-            self._cache.prefetch(self._key(index), self._fetcher(index, info.size))
+        if offset < end:
+            segments = self._plan(offset, end, info.size, pieces)
+            for key, fetch in self._fetchers([u for u, _, _ in segments], ahead=True).items():
+                self._cache.prefetch(key, fetch)
+
+    def _plan(
+        self, offset: int, end: int, total: int, pieces: Pieces | None
+    ) -> list[tuple[_Unit, int, int]]:
+        """The units covering ``[offset, end)``, each with the part of it the read wants."""
+        segments: list[tuple[_Unit, int, int]] = []
+        position = offset
+        while position < end:
+            piece = pieces.piece_at(position) if pieces is not None else None
+            if piece is not None:
+                unit = _Unit(self._range_key(*piece), *piece)
+            else:
+                index = position // self.block_size
+                start = index * self.block_size
+                unit = _Unit(self._key(index), start, min(start + self.block_size, total))
+            segments.append((unit, position, min(unit.end, end)))
+            position = unit.end
+        return segments
+
+    def _fetchers(self, units: list[_Unit], *, ahead: bool) -> dict[BlockKey, Fetch]:
+        """Fetch functions for the units missing from the cache: consecutive ones share one
+        request of at most ``part_size`` bytes."""
+        runs: list[list[_Unit]] = []
+        limit = self.paths.part_size
+        for unit in units:
+            if self._cache.known(unit.key):
+                continue
+            run = runs[-1] if runs else None
+            if run and run[-1].end == unit.start and unit.end - run[0].start <= limit:
+                run.append(unit)
+            else:
+                runs.append([unit])
+        fetchers: dict[BlockKey, Fetch] = {}
+        for run in runs:
+            shared = self._shared(run, ahead=ahead)
+            for unit in run:
+                fetchers[unit.key] = self._through_tiers(unit, shared)
+        return fetchers
+
+    def _shared(self, run: list[_Unit], *, ahead: bool) -> _SharedRange:
+        """One request for the consecutive units of ``run``."""
+        exact = any(unit.key.package != self.source.identity for unit in run)
+        return _SharedRange(self, run[0].start, run[-1].end, ahead=ahead, exact=exact)
+
+    def _through_tiers(self, unit: _Unit, shared: _SharedRange) -> Fetch:
+        """Fetch ``unit`` through the cache tiers, the origin being its share of ``shared``."""
+        return chain(self._tiers, unit.key, shared.part(unit.start, unit.end))
 
     async def open_member(self, member: ZipMember) -> MemberReader:
         """A reader for ``member`` (shared with other openers of the same member)."""
@@ -139,24 +292,53 @@ class RemotePackage:
                 f"member {member.name!r} uses compression method {member.method}; "
                 "only stored and deflated members can be read"
             )
-        header = await self.read(member.header_offset, LOCAL_HEADER_SIZE)
-        start = data_offset(header, member)
+        geotiff = member.method == STORED and member.name.lower().endswith(_GEOTIFF_SUFFIXES)
+        head_start = member.header_offset
+        if geotiff:  # the local header, the TIFF header and its IFDs: one exact request
+            length = min(LOCAL_HEADER_SIZE + _NAME_ROOM + HEADER_PROBE, await self.size())
+            exact = _ExactRange(head_start, min(head_start + length, await self.size()))
+            head = await self.read(head_start, length, pieces=exact)
+        else:
+            head = await self.read(head_start, LOCAL_HEADER_SIZE)
+        start = data_offset(head, member)
         if start + member.compressed_size > await self.size():
             raise CorruptPackageError(f"member {member.name!r} runs past the end of the package")
+        pieces = None
+        if geotiff:
+            probe = head[start - head_start : start - head_start + member.size]
+            pieces = await self._pieces(member, start, head_start, probe)
         reader = self._readers.get(member)
         if reader is None:
-            reader = MemberReader(self, member, start)
+            reader = MemberReader(self, member, start, pieces=pieces)
             self._readers[member] = reader
         return reader
+
+    async def _pieces(
+        self, member: ZipMember, start: int, head_start: int, probe: bytes
+    ) -> PieceMap | None:
+        """A GeoTIFF's tile pieces from the bytes read on open (plus one more exact request
+        when the IFDs are larger), or None; then the smallest overviews are prefetched."""
+        while probe:
+            try:
+                layout = parse_layout(probe, member.size)
+            except NeedMoreBytes as more:
+                if len(probe) >= member.size or more.size > _MAX_HEADER:
+                    return None
+                length = min(member.size, max(more.size, 4 * len(probe)))
+                head_start = start
+                probe = await self.read(start, length, pieces=_ExactRange(start, start + length))
+                continue
+            if layout is None:
+                log.debug("%s: not a TIFF this reader understands; plain blocks", member.name)
+                return None
+            pieces = PieceMap(layout, start, head_start)
+            for first, end in pieces.overview_ranges(self.paths.overview_prefetch):
+                self.prefetch(first, end - first, pieces=pieces)
+            return pieces
+        return None
 
     def _key(self, index: int) -> BlockKey:
         return BlockKey(self.source.identity, index)
 
-    def _fetcher(self, index: int, total: int) -> Fetch:
-        start = index * self.block_size
-        end = min(start + self.block_size, total)
-
-        async def origin() -> bytes:
-            return await self.source.read_range(start, end)
-
-        return chain(self._tiers, self._key(index), origin)
+    def _range_key(self, start: int, end: int) -> BlockKey:
+        return BlockKey((*self.source.identity, "range", end), start)

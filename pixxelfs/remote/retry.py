@@ -61,6 +61,11 @@ class RetryPolicy:
         return rng.uniform(0.0, min(self.cap, self.base * (2**retry_number)))
 
 
+def cause_of(exc: BaseException) -> str:
+    """What went wrong, for log lines and error messages (a timeout's text is often empty)."""
+    return redact_text(str(exc)) or type(exc).__name__
+
+
 def retry_after_of(exc: BaseException) -> float | None:
     """The ``Retry-After`` hint an exception carries, if any."""
     value = getattr(exc, "retry_after", None)
@@ -91,14 +96,13 @@ async def retrying(
                 raise
             if retry_number + 1 >= policy.attempts:
                 raise ApiUnavailableError(
-                    f"{describe}: still failing after {policy.attempts} attempts: "
-                    f"{redact_text(str(exc))}"
+                    f"{describe}: still failing after {policy.attempts} attempts: {cause_of(exc)}"
                 ) from exc
             wait = policy.delay(retry_number, retry_after_of(exc), rng)
             log.warning(
                 "%s failed (%s); retry %d/%d in %.2fs",
                 describe,
-                redact_text(str(exc)),
+                cause_of(exc),
                 retry_number + 1,
                 policy.attempts - 1,
                 wait,

@@ -294,6 +294,11 @@ class PackageSource:
             raise RuntimeError("PackageSource.identity needs size_and_etag() first")
         return (self.catalog_id, self._info.etag, self._info.size)
 
+    def pin(self, info: ObjectInfo) -> None:
+        """Pin a version known from an earlier mount (a saved index) instead of probing."""
+        if self._info is None:
+            self._info = info
+
     async def size_and_etag(self) -> ObjectInfo:
         """The pinned version, probed once (the probe also keeps the package tail)."""
         if self._info is not None:

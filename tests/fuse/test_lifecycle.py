@@ -6,6 +6,7 @@ import hashlib
 import os
 import signal
 import subprocess
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -196,3 +197,61 @@ def test_unmount_cleans_up_after_a_killed_daemon(emulator, tmp_path: Path) -> No
     except BaseException:
         cleanup(m)
         raise
+
+
+def test_unmount_under_load_finishes_in_bounded_time(tmp_path: Path) -> None:
+    """Eight readers stream throttled GeoTIFFs while ``pixxelfs unmount`` runs: it returns
+    quickly (a busy mount is detached lazily), every completed read was exact, the readers
+    stop and the daemon exits on its own."""
+    require_fuse()
+    config = EmulatorConfig(scenes=4, seed=17, width=384, height=384, bands=8)
+    with running_emulator(config) as emulator:
+        expected = {}
+        for catalog_id in emulator.catalog_ids():
+            with zipfile.ZipFile(emulator.package_path(catalog_id)) as package:
+                for name in package.namelist():
+                    expected[name.rsplit("/", 1)[-1]] = hashlib.sha256(package.read(name)).digest()
+        (tmp_path / "mnt").mkdir()
+        m = mount(tmp_path / "mnt", emulator.base_url, emulator.api_key)
+        tifs = sorted(m.mountpoint.rglob("*_L2A_SR.tif"))
+        emulator.set_faults(FaultPlan.from_json({"target": "storage", "bandwidth": 2_000_000}))
+        outcomes: list[str] = []
+        started = threading.Event()
+
+        def reader(index: int) -> None:
+            while True:
+                path = tifs[index % len(tifs)]
+                try:
+                    with path.open("rb") as f:
+                        started.set()
+                        digest = hashlib.sha256(f.read()).digest()
+                except OSError as exc:
+                    outcomes.append(f"stopped: {exc.strerror}")
+                    return
+                outcomes.append("exact" if digest == expected[path.name] else f"WRONG {path}")
+                index += 1
+
+        threads = [threading.Thread(target=reader, args=(i,), daemon=True) for i in range(8)]
+        try:
+            for thread in threads:
+                thread.start()
+            assert started.wait(30)
+            began = time.monotonic()
+            result = subprocess.run(
+                [*PIXXELFS, "unmount", str(m.mountpoint)], capture_output=True, text=True
+            )
+            assert result.returncode == 0, result.stderr
+            assert time.monotonic() - began < 15
+            assert not os.path.ismount(m.mountpoint)
+            for thread in threads:
+                thread.join(timeout=60)
+            assert not any(thread.is_alive() for thread in threads)
+            assert wait_for_exit(m.pid, 30), "the daemon did not exit after the last reader"
+        except BaseException:
+            cleanup(m)
+            raise
+        finally:
+            emulator.clear_faults()
+    assert not [o for o in outcomes if o.startswith("WRONG")], outcomes
+    assert len(outcomes) >= 8
+    assert_clean_log(m)

@@ -50,6 +50,8 @@ def mount(
 ) -> Mount:
     """``pixxelfs mount`` (daemon mode); returns once the mount is ready."""
     log_file = log_file or mountpoint.with_name(mountpoint.name + ".log")
+    if "--cache-dir" not in extra:  # a cold disk cache per mount, never the user's
+        extra = (*extra, "--cache-dir", str(mountpoint.with_name(mountpoint.name + ".cache")))
     env = {**os.environ, "PIXXEL_API_KEY": api_key}
     result = subprocess.run(
         [

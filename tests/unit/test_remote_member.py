@@ -31,7 +31,7 @@ class MemoryPackage:
         self.reads = 0
         self.prefetched: list[tuple[int, int]] = []
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int, *, pieces: object = None) -> bytes:
         self.reads += 1
         await trio.lowlevel.checkpoint()
         return self.data[offset : offset + size]
@@ -147,12 +147,12 @@ async def test_rereading_the_recent_window_does_not_inflate() -> None:
         assert await reader.read(offset, 10) == DATA[offset : offset + 10]
 
 
-async def test_stored_sequential_reads_prefetch_ahead() -> None:
-    reader, memory = reader_for(PACKAGES["stored"], "image.tif", readahead_bytes=65_536)
-    await reader.read(0, 1000)
-    assert memory.prefetched == []
-    await reader.read(1000, 1000)
-    assert memory.prefetched == [(reader.data_start + 2000, 65_536)]
+async def test_stored_prefetch_is_clamped_to_the_member() -> None:
+    reader, memory = reader_for(PACKAGES["stored"], "image.tif")
+    reader.prefetch(1000, 1 << 30)
+    assert memory.prefetched == [(reader.data_start + 1000, reader.size - 1000)]
+    reader.prefetch(reader.size, 10)
+    assert len(memory.prefetched) == 1
 
 
 def with_central_crc(package: bytes, name: str, crc: int) -> bytes:

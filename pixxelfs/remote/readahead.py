@@ -1,0 +1,227 @@
+"""The two read paths' decision and the memory they may use: per-handle access patterns and a
+global budget of bytes in flight.
+
+:class:`AccessPattern` watches one open file handle. A handle is *streaming* once it has read
+``initial_window`` bytes in a row (reads may arrive out of order by up to ``tolerance``, as the
+kernel's parallel readahead delivers them); a streaming handle gets a readahead window that
+starts at ``initial_window`` and doubles, each time half of it has been consumed, up to
+``max_window`` (Mountpoint-S3's scheme). A seek resets the window. Like gcsfuse, a handle whose
+reads average less than ``random_threshold`` bytes per seek is *random*: it must then read
+``random_threshold`` bytes in a row before it streams again, so a GIS reader walking through a
+multi-MiB tile does not trigger readahead beyond it. Random handles read exact ranges (COG
+tiles) or single blocks, never a window.
+
+:class:`MemoryBudget` bounds the bytes of range parts being fetched at once, across every
+package of a mount: a part waits for room before its request is sent (backpressure), so
+however many handles stream, the daemon holds at most the budget in flight on top of the
+block cache's own bound.
+
+:class:`MemberHandle` is the per-handle object the filesystem keeps: pattern plus reader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ReadaheadPolicy:
+    """Sizes of the sequential path; the defaults follow Mountpoint-S3 and gcsfuse."""
+
+    initial_window: int = MIB
+    max_window: int = 64 * MIB
+    random_threshold: int = 8 * MIB
+    # How far out of order a read may land and still continue a sequential run.
+    tolerance: int = 4 * MIB
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial_window <= self.max_window:
+            raise ValueError("need 0 < initial_window <= max_window")
+
+    @classmethod
+    def for_cache(cls, cache_bytes: int, kernel_readahead: int = 0) -> ReadaheadPolicy:
+        """A policy whose window never exceeds a quarter of the cache (else blocks fetched
+        ahead would be evicted before they are read), tolerant of the kernel's readahead."""
+        window = max(MIB, min(64 * MIB, cache_bytes // 4))
+        return cls(max_window=window, tolerance=max(4 * MIB, 2 * kernel_readahead))
+
+
+@dataclass(frozen=True)
+class Advice:
+    """What one read should do: read exactly (random) or not, and what to fetch ahead."""
+
+    streaming: bool
+    ahead_start: int = 0
+    ahead_size: int = 0
+
+
+class AccessPattern:
+    """Sequential/random detection and the readahead window of one handle."""
+
+    def __init__(self, policy: ReadaheadPolicy, limit: int):
+        self.policy = policy
+        self._limit = limit
+        self._last = -1  # where the previous read ended; -1 before the first read
+        self._end = 0  # the furthest byte read in the current run
+        self._run = 0  # bytes read in the current sequential run
+        self._window = policy.initial_window
+        self._frontier = 0  # everything before this has been read or asked for ahead
+        self.reads = 0
+        self.bytes_read = 0
+        self.seeks = 0
+        self.ahead_bytes = 0
+
+    @property
+    def random(self) -> bool:
+        """gcsfuse's rule: fewer than ``random_threshold`` bytes read per seek."""
+        return self.seeks > 0 and self.bytes_read < self.seeks * self.policy.random_threshold
+
+    @property
+    def window(self) -> int:
+        return self._window
+
+    def observe(self, offset: int, size: int) -> Advice:
+        """Record a read of ``[offset, offset + size)`` and say how to serve it."""
+        end = min(offset + size, self._limit)
+        self.reads += 1
+        self.bytes_read += max(end - offset, 0)
+        if self._last < 0 or abs(offset - self._last) <= self.policy.tolerance:
+            self._run += max(end - offset, 0)
+            self._end = max(self._end, end)
+        else:
+            self.seeks += 1
+            self._run = end - offset
+            self._window = self.policy.initial_window
+            self._end = self._frontier = end
+        self._last = end
+        needed = self.policy.random_threshold if self.random else self.policy.initial_window
+        if self._run < needed:
+            return Advice(streaming=False)
+        return self._ahead(max(self._frontier, self._end))
+
+    def _ahead(self, start: int) -> Advice:
+        """Extend the window when half of what was asked for ahead has been consumed."""
+        if start - self._end > self._window // 2:
+            return Advice(streaming=True)
+        target = min(self._end + self._window, self._limit)
+        self._window = min(self._window * 2, self.policy.max_window)
+        self._frontier = max(start, target)
+        if target <= start:
+            return Advice(streaming=True)
+        self.ahead_bytes += target - start
+        return Advice(streaming=True, ahead_start=start, ahead_size=target - start)
+
+    def stats(self) -> dict[str, int | bool]:
+        return {
+            "reads": self.reads,
+            "bytes_read": self.bytes_read,
+            "seeks": self.seeks,
+            "random": self.random,
+            "window": self._window,
+            "ahead_bytes": self.ahead_bytes,
+        }
+
+
+class MemoryBudget:
+    """Bytes of range parts in flight, shared by a whole mount; waiters queue for room."""
+
+    def __init__(self, limit: int):
+        if limit <= 0:
+            raise ValueError("the memory budget must be positive")
+        self.limit = limit
+        self.in_use = 0
+        self.peak = 0
+        self.waits = 0
+        self._freed = trio.Event()
+
+    @asynccontextmanager
+    async def reserve(self, size: int) -> AsyncIterator[None]:
+        """Hold ``size`` bytes (at most the whole budget) for the body of the block."""
+        size = min(size, self.limit)
+        if self.in_use + size > self.limit:
+            self.waits += 1
+        while self.in_use + size > self.limit:
+            await self._freed.wait()
+        self.in_use += size
+        self.peak = max(self.peak, self.in_use)
+        try:
+            yield
+        finally:
+            self.in_use -= size
+            self._freed.set()
+            self._freed = trio.Event()
+
+    def stats(self) -> dict[str, int]:
+        return {"limit": self.limit, "in_use": self.in_use, "peak": self.peak, "waits": self.waits}
+
+
+@dataclass
+class ReadPaths:
+    """Mount-wide settings of the read paths and their counters, shared by every package.
+
+    ``part_size`` is the largest single range request (Mountpoint-S3's 8 MiB parts);
+    ``overview_prefetch`` bounds the bytes of small COG overviews fetched on open.
+    """
+
+    budget: MemoryBudget
+    policy: ReadaheadPolicy
+    part_size: int = 8 * MIB
+    overview_prefetch: int = 4 * MIB
+    parts: int = 0
+    part_bytes: int = 0
+    ahead_parts: int = 0
+    exact_parts: int = 0
+
+    @classmethod
+    def default(cls) -> ReadPaths:
+        return cls(MemoryBudget(64 * MIB), ReadaheadPolicy())
+
+    def count(self, size: int, *, ahead: bool, exact: bool) -> None:
+        self.parts += 1
+        self.part_bytes += size
+        self.ahead_parts += ahead
+        self.exact_parts += exact
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "parts": self.parts,
+            "part_bytes": self.part_bytes,
+            "ahead_parts": self.ahead_parts,
+            "exact_parts": self.exact_parts,
+            "budget": self.budget.stats(),
+        }
+
+
+class HandleReader(Protocol):
+    """What a handle reads through (``MemberReader`` provides it)."""
+
+    @property
+    def size(self) -> int: ...
+
+    async def read(self, offset: int, size: int, *, exact: bool = False) -> bytes: ...
+
+    def prefetch(self, offset: int, size: int) -> None: ...
+
+
+class MemberHandle:
+    """One open file: its access pattern decides between the streaming and the exact path."""
+
+    def __init__(self, reader: HandleReader, policy: ReadaheadPolicy):
+        self.reader = reader
+        self.pattern = AccessPattern(policy, reader.size)
+
+    async def read(self, offset: int, size: int) -> bytes:
+        advice = self.pattern.observe(offset, size)
+        if advice.ahead_size:
+            self.reader.prefetch(advice.ahead_start, advice.ahead_size)
+        return await self.reader.read(offset, size, exact=not advice.streaming)
+
+    def stats(self) -> dict[str, int | bool]:
+        return self.pattern.stats()

@@ -1,0 +1,138 @@
+"""The read paths through a real mount: large parallel parts, whole COG tiles, stub reads.
+
+Functional checks only (which requests storage saw, which bytes came back), never timings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pixxelfs.emulator import Emulator, EmulatorConfig, running_emulator
+from pixxelfs.remote.cog import HEADER_PROBE, parse_layout
+from tests.fuse.util import Mount, assert_clean_log, cleanup, mount, require_fuse, unmount
+
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def big_emulator(tmp_path_factory) -> Iterator[Emulator]:
+    """One scene whose reflectance GeoTIFF is a 16 MiB STORED member (1024 x 1024 x 8)."""
+    config = EmulatorConfig(
+        seed=4,
+        scenes=1,
+        width=1024,
+        height=1024,
+        bands=8,
+        compression="stored",
+        data_dir=tmp_path_factory.mktemp("speed-data"),
+    )
+    with running_emulator(config) as emu:
+        yield emu
+
+
+def _mounted(emu: Emulator, tmp_path: Path, *extra: str) -> Mount:
+    require_fuse()
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    cache = tmp_path / "cache"
+    return mount(mountpoint, emu.base_url, emu.api_key, "--cache-dir", str(cache), *extra)
+
+
+def _geotiff(m: Mount) -> Path:
+    return next(p for p in m.mountpoint.rglob("*_SR.tif"))
+
+
+def _member_bytes(emu: Emulator) -> tuple[bytes, int]:
+    """The GeoTIFF's bytes and its data offset in the package."""
+    package = emu.package_path(emu.catalog_ids()[0])
+    with zipfile.ZipFile(package) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith("_SR.tif"))
+        data = archive.read(info)
+    with package.open("rb") as raw:
+        raw.seek(info.header_offset + 26)
+        name_len, extra_len = (int.from_bytes(raw.read(2), "little") for _ in range(2))
+    return data, info.header_offset + 30 + name_len + extra_len
+
+
+def _finish(m: Mount) -> None:
+    unmount(m)
+    assert_clean_log(m)
+
+
+def test_sequential_copy_uses_large_parallel_parts(big_emulator, tmp_path) -> None:
+    data, _ = _member_bytes(big_emulator)
+    m = _mounted(big_emulator, tmp_path)
+    try:
+        path = _geotiff(m)
+        big_emulator.reset_stats()
+        shutil.copyfile(path, tmp_path / "copy.tif")
+        gets = big_emulator.stats()["storage_gets"]
+    except BaseException:
+        cleanup(m)
+        raise
+    _finish(m)
+    digest = hashlib.sha256((tmp_path / "copy.tif").read_bytes()).hexdigest()
+    assert digest == hashlib.sha256(data).hexdigest()
+    sizes = [g["end"] - g["start"] + 1 for g in gets if g["start"] is not None]
+    assert max(sizes) >= 4 * MIB  # parts span several 1 MiB blocks
+    assert len(sizes) < len(data) // MIB  # fewer requests than blocks
+    assert sum(sizes) < len(data) + 4 * MIB  # and nothing fetched twice
+
+
+def test_random_reads_fetch_whole_tiles(big_emulator, tmp_path) -> None:
+    data, start = _member_bytes(big_emulator)
+    layout = parse_layout(data[:HEADER_PROBE], len(data))
+    assert layout is not None
+    full = layout.levels[0]
+    tiles = [9, 2, 14]  # tiles beyond the header probe, out of order
+    m = _mounted(big_emulator, tmp_path)
+    try:
+        path = _geotiff(m)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.read(fd, 16)  # the open has fetched the header and prefetched the overviews
+            big_emulator.reset_stats()
+            for tile in tiles:
+                offset = full.offsets[tile]
+                got = os.pread(fd, 4096, offset + 1000)
+                assert got == data[offset + 1000 : offset + 5096]
+        finally:
+            os.close(fd)
+        gets = big_emulator.stats()["storage_gets"]
+    except BaseException:
+        cleanup(m)
+        raise
+    _finish(m)
+    fetched = [(g["start"] - start, g["end"] + 1 - start) for g in gets]
+    # Leave out the open's background prefetch of the overviews (they precede full resolution).
+    fetched = [(first, end) for first, end in fetched if end > min(full.offsets)]
+    assert len(fetched) <= len(tiles)
+    # Each request is whole pieces (a page-aligned kernel read may take the previous tile too).
+    for first, end in fetched:
+        assert layout.piece_at(first)[0] == first and layout.piece_at(end - 1)[1] == end
+    for tile in tiles:
+        piece = layout.piece_at(full.offsets[tile])
+        assert any(first <= piece[0] and piece[1] <= end for first, end in fetched)
+
+
+def test_stub_reads_return_zeros_without_storage(big_emulator, tmp_path) -> None:
+    data, _ = _member_bytes(big_emulator)
+    m = _mounted(big_emulator, tmp_path, "--stub-reads")
+    try:
+        path = _geotiff(m)
+        big_emulator.reset_stats()
+        content = path.read_bytes()
+        gets = big_emulator.stats()["storage_gets"]
+    except BaseException:
+        cleanup(m)
+        raise
+    _finish(m)
+    assert len(content) == len(data) and content == bytes(len(data))
+    assert len(gets) <= 2  # what the open fetches: the GeoTIFF header, the small overviews

@@ -1,0 +1,174 @@
+"""GeoTIFF layout parsing against real COGs written by GDAL, and tile-exact package reads."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import struct
+import zipfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import rasterio.shutil
+import trio
+import trio.testing
+from affine import Affine
+from rasterio.crs import CRS
+
+from pixxelfs.remote.block_cache import BlockCache
+from pixxelfs.remote.cog import HEADER_PROBE, NeedMoreBytes, parse_layout
+from pixxelfs.remote.package import RemotePackage
+from tests.unit.test_remote_storage import ObjectServer, make_source
+
+
+def write_cog(path: Path, *, size: int = 1024, bands: int = 2, **options: str) -> bytes:
+    """A tiled COG of noise (incompressible, so tile sizes are predictable) with overviews."""
+    plain = path.with_suffix(".plain.tif")
+    rng = np.random.default_rng(5)
+    profile = {
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": bands,
+        "crs": CRS.from_epsg(32643),
+        "transform": Affine(30.0, 0, 500_000, 0, -30.0, 2_000_000),
+    }
+    with rasterio.open(plain, "w", **profile, dtype="uint16") as out:
+        out.write(rng.integers(1, 60000, size=(bands, size, size), dtype=np.uint16))
+    rasterio.shutil.copy(plain, path, driver="COG", BLOCKSIZE=256, **options)
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def cog(tmp_path_factory) -> bytes:
+    return write_cog(tmp_path_factory.mktemp("cog") / "image.tif")
+
+
+def gdal_tile(path: Path, level: int, column: int, row: int) -> tuple[int, int]:
+    """GDAL's own (offset, size) of a tile of band 1 of an overview level (0 = full)."""
+    with rasterio.open(path, OVERVIEW_LEVEL=level - 1) if level else rasterio.open(path) as src:
+        offset = src.get_tag_item(f"BLOCK_OFFSET_{column}_{row}", "TIFF", bidx=1)
+        size = src.get_tag_item(f"BLOCK_SIZE_{column}_{row}", "TIFF", bidx=1)
+    return int(offset), int(size)
+
+
+def test_levels_and_tiles_match_gdal(cog: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "image.tif"
+    path.write_bytes(cog)
+    layout = parse_layout(cog[:HEADER_PROBE], len(cog))
+    assert layout is not None
+    images = [level for level in layout.levels if not level.is_mask]
+    assert [(lv.width, lv.height) for lv in images] == [(1024, 1024), (512, 512), (256, 256)]
+    assert len(images[0].offsets) == 16  # 4 x 4 tiles, pixel-interleaved
+    full = images[0]
+    assert (full.offsets[0], full.byte_counts[0]) == gdal_tile(path, 0, 0, 0)
+    assert (full.offsets[5], full.byte_counts[5]) == gdal_tile(path, 0, 1, 1)
+    assert (images[1].offsets[3], images[1].byte_counts[3]) == gdal_tile(path, 1, 1, 1)
+
+
+def test_pieces_partition_the_file_and_hold_whole_tiles(cog: bytes) -> None:
+    layout = parse_layout(cog[:HEADER_PROBE], len(cog))
+    assert layout is not None
+    assert layout.piece_at(0) == (0, HEADER_PROBE)
+    pairs = list(zip(layout.piece_starts, layout.piece_ends, strict=True))
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in itertools.pairwise(pairs))
+    for level in layout.levels:
+        for offset, count in zip(level.offsets, level.byte_counts, strict=True):
+            if offset >= HEADER_PROBE:
+                start, end = layout.piece_at(offset)
+                assert start == offset and offset + count <= end <= offset + count + 64
+                assert layout.piece_at(offset + count - 1) == (start, end)
+
+
+def test_smallest_overviews_come_first_and_merge(cog: bytes) -> None:
+    layout = parse_layout(cog[:HEADER_PROBE], len(cog))
+    assert layout is not None
+    smallest = min(layout.levels, key=lambda lv: lv.width)
+    ranges = layout.overview_ranges(smallest.data_bytes)
+    assert len(ranges) == 1  # one tile level, contiguous: one request
+    start, end = ranges[0]
+    assert end - start >= smallest.data_bytes
+    assert layout.overview_ranges(smallest.data_bytes - 1) == []
+
+
+def test_bigtiff_and_big_endian_parse(tmp_path: Path) -> None:
+    data = write_cog(tmp_path / "big.tif", size=512, bands=1, BIGTIFF="YES")
+    layout = parse_layout(data[:HEADER_PROBE], len(data))
+    assert layout is not None and layout.levels[0].width == 512
+    swapped = _big_endian_header(width=300)
+    assert parse_layout(swapped, 10_000).levels[0].width == 300
+
+
+def _big_endian_header(width: int) -> bytes:
+    """A minimal big-endian classic TIFF: one IFD, one strip."""
+    entries = [(256, 3, 1, width << 16), (257, 3, 1, 10 << 16), (273, 4, 1, 100), (279, 4, 1, 50)]
+    ifd = struct.pack(">H", len(entries))
+    ifd += b"".join(struct.pack(">HHII", *entry) for entry in entries) + struct.pack(">I", 0)
+    return b"MM" + struct.pack(">HI", 42, 8) + ifd
+
+
+def test_truncated_ifds_ask_for_more_and_garbage_is_refused(cog: bytes) -> None:
+    with pytest.raises(NeedMoreBytes) as more:
+        parse_layout(cog[:200], len(cog))
+    assert more.value.size > 200
+    assert parse_layout(b"PK\x03\x04" + cog[4:HEADER_PROBE], len(cog)) is None
+    broken = bytearray(cog[:HEADER_PROBE])
+    broken[4:8] = struct.pack("<I", len(cog) + 10)  # first IFD beyond the end of the file
+    assert parse_layout(bytes(broken), len(cog)) is None
+
+
+@pytest.fixture
+async def cache() -> AsyncIterator[BlockCache]:
+    async with BlockCache.open(max_bytes=64 << 20, block_size=1 << 20) as block_cache:
+        yield block_cache
+
+
+def stored_zip(name: str, data: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def ranges_of(server: ObjectServer, skip: int) -> list[tuple[int, int]]:
+    out = []
+    for request in server.requests[skip:]:
+        first, last = request.headers["range"].removeprefix("bytes=").split("-")
+        out.append((int(first), int(last) + 1))
+    return out
+
+
+async def test_random_reads_fetch_whole_tiles_once(cog: bytes, cache: BlockCache) -> None:
+    package = stored_zip("scene/image.tif", cog)
+    server = ObjectServer(package)
+    source, _ = make_source(server, probe_bytes=4096)
+    remote = RemotePackage(source, cache)
+    member = (await remote.index()).members[0]
+    before = len(server.requests)
+    reader = await remote.open_member(member)
+    await trio.testing.wait_all_tasks_blocked()  # the overview prefetch has finished
+    start = reader.data_start
+    opened = ranges_of(server, before)
+    head_start, head_end = opened[0]  # local header, TIFF header and IFDs: one exact request
+    assert head_start == member.header_offset and start + HEADER_PROBE < head_end
+    assert head_end - head_start <= HEADER_PROBE + 1100
+    overviews = reader.pieces.layout.levels[1:]
+    (first, end), *rest = opened[1:]  # then the overviews, smallest first: one merged request
+    assert first == head_end and not rest
+    last = max(o + c for lv in overviews for o, c in zip(lv.offsets, lv.byte_counts, strict=True))
+    assert 0 <= end - (start + last) <= 64  # a tile's piece holds the next tile's leader
+    layout = reader.pieces.layout
+    full = layout.levels[0]
+    offset, count = full.offsets[5], full.byte_counts[5]
+    before = len(server.requests)
+    assert await reader.read(offset + 100, 5000, exact=True) == cog[offset + 100 : offset + 5100]
+    piece_start, piece_end = layout.piece_at(offset)
+    assert ranges_of(server, before) == [(start + piece_start, start + piece_end)]
+    assert piece_end - piece_start - count <= 64
+    before = len(server.requests)
+    assert await reader.read(offset, count, exact=True) == cog[offset : offset + count]
+    assert await reader.read(0, 16_384, exact=True) == cog[:16_384]
+    assert len(server.requests) == before  # the tile and the header are cached

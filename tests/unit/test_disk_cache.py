@@ -1,0 +1,249 @@
+"""The disk block store and tier: verification, the size limit, LRU, sharing, failures."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from pixxelfs.remote.block_cache import BlockKey
+from pixxelfs.remote.disk_cache import (
+    BlockStore,
+    DiskBlockTier,
+    PackageIndexStore,
+    account_dir,
+    block_name,
+    decode_block,
+    encode_block,
+    usage,
+)
+from pixxelfs.remote.storage import ObjectInfo
+from pixxelfs.remote.zipindex import ZipIndex, ZipMember
+
+BLOCK = 1000
+
+
+def _key(index: int, etag: str | None = '"v1"') -> BlockKey:
+    return BlockKey(("catalog-1", etag, 10 * BLOCK), index)
+
+
+def _data(index: int) -> bytes:
+    return bytes([index % 251]) * BLOCK
+
+
+def _named(index: int) -> tuple[str, str]:
+    named = block_name(_key(index), BLOCK)
+    assert named is not None
+    return named
+
+
+def _store(folder: Path, limit: int) -> BlockStore:
+    store = BlockStore(folder, limit)
+    store.open()
+    return store
+
+
+def _json_files(folder: Path) -> list[Path]:
+    return list(folder.glob("*.json"))
+
+
+def _on_disk(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.name != ".ledger")
+
+
+def test_block_files_verify_key_length_and_checksum() -> None:
+    blob = encode_block("k", b"data")
+    assert decode_block("k", blob) == b"data"
+    assert decode_block("other", blob) is None
+    assert decode_block("k", blob[:-1]) is None
+    assert decode_block("k", blob[:-1] + b"X") is None
+    assert decode_block("k", b"") is None
+
+
+def test_keys_include_etag_and_block_size_and_skip_packages_without_etag() -> None:
+    assert block_name(_key(0), BLOCK) != block_name(_key(0, '"v2"'), BLOCK)
+    assert block_name(_key(0), BLOCK) != block_name(_key(0), 2 * BLOCK)
+    assert block_name(_key(0, None), BLOCK) is None
+
+
+def test_account_dir_hashes_url_and_key_and_never_contains_the_key(tmp_path: Path) -> None:
+    first = account_dir(tmp_path, "http://a/", "secret-key-123")
+    assert first == account_dir(tmp_path, "http://a", "secret-key-123")
+    assert first != account_dir(tmp_path, "http://a", "another-key")
+    assert first != account_dir(tmp_path, "http://b", "secret-key-123")
+    assert "secret" not in str(first)
+
+
+def test_damaged_files_are_deleted_and_count_as_misses(tmp_path: Path, caplog) -> None:
+    store = _store(tmp_path, 100 * BLOCK)
+    for index in range(3):
+        assert store.put(*_named(index), _data(index))
+    first, second, third = (tmp_path / _named(i)[0] for i in range(3))
+    first.write_bytes(first.read_bytes()[:-10])  # torn
+    blob = bytearray(second.read_bytes())
+    blob[-1] ^= 0xFF  # a flipped bit
+    second.write_bytes(bytes(blob))
+    with caplog.at_level(logging.WARNING):
+        assert store.get(*_named(0)) is None
+        assert store.get(*_named(1)) is None
+    assert store.get(*_named(2)) == _data(2)
+    assert not first.exists() and not second.exists() and third.exists()
+    assert store.corrupt == 2
+    assert len([r for r in caplog.records if "damaged" in r.message]) == 1
+    assert store.held() == third.stat().st_size
+
+
+def test_limit_is_never_exceeded_and_least_recently_used_goes_first(tmp_path: Path) -> None:
+    size = len(encode_block(_named(0)[1], _data(0)))
+    store = _store(tmp_path, 3 * size)
+    for index in range(3):
+        store.put(*_named(index), _data(index))
+    assert store.get(*_named(0)) == _data(0)  # now 1 is the least recently used
+    for index in range(3, 8):
+        store.put(*_named(index), _data(index))
+        assert _on_disk(tmp_path) <= 3 * size
+        if index == 3:
+            assert store.get(*_named(0)) == _data(0)
+            assert store.get(*_named(1)) is None
+    assert store.evictions == 5
+    assert store.held() == _on_disk(tmp_path) == 3 * size
+
+
+def test_a_block_larger_than_the_limit_is_not_stored(tmp_path: Path) -> None:
+    store = _store(tmp_path, BLOCK // 2)
+    assert not store.put(*_named(0), _data(0))
+    assert _on_disk(tmp_path) == 0
+
+
+def test_reopening_rebuilds_the_index_in_last_access_order_and_removes_dead_writes(
+    tmp_path: Path,
+) -> None:
+    size = len(encode_block(_named(0)[1], _data(0)))
+    store = _store(tmp_path, 10 * size)
+    for index in range(3):
+        store.put(*_named(index), _data(index))
+        os.utime(tmp_path / _named(index)[0], (1000 + index, 1000 + index))
+    os.utime(tmp_path / _named(0)[0], (2000, 2000))  # block 0 was read last
+    store.close()
+    dead = tmp_path / _named(0)[0].split("/")[0] / ".x.blk.999999999.1.tmp"
+    dead.write_bytes(b"half a block")
+    again = _store(tmp_path, 2 * size)
+    assert not dead.exists()
+    assert again.held() == 3 * size
+    again.put(*_named(5), _data(5))  # evicts 1 and 2, keeps 0
+    assert again.get(*_named(0)) == _data(0)
+    assert again.get(*_named(1)) is None and again.get(*_named(2)) is None
+
+
+def test_two_stores_sharing_a_folder_stay_consistent(tmp_path: Path) -> None:
+    size = len(encode_block(_named(0)[1], _data(0)))
+    limit = 6 * size
+    stores = [_store(tmp_path, limit), _store(tmp_path, limit)]
+
+    def work(store: BlockStore, offset: int) -> None:
+        for index in range(40):
+            named = _named((index * 7 + offset) % 30)
+            data = store.get(*named)
+            if data is None:
+                store.put(*named, _data((index * 7 + offset) % 30))
+            else:
+                assert data == _data((index * 7 + offset) % 30)
+
+    threads = [threading.Thread(target=work, args=(s, n)) for n, s in enumerate(stores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert _on_disk(tmp_path) <= limit
+    assert stores[0].held() == _on_disk(tmp_path)
+    assert usage(tmp_path).bytes == _on_disk(tmp_path)
+
+
+def test_remove_older_than_keeps_recent_blocks(tmp_path: Path) -> None:
+    store = _store(tmp_path, 10 * BLOCK * 2)
+    for index in range(2):
+        store.put(*_named(index), _data(index))
+    os.utime(tmp_path / _named(0)[0], (1000, 1000))
+    assert store.remove_older_than(3600) == 1
+    assert store.get(*_named(0)) is None and store.get(*_named(1)) == _data(1)
+    assert store.held() == _on_disk(tmp_path)
+
+
+class _FullDisk(BlockStore):
+    def put(self, name: str, key_text: str, data: bytes) -> bool:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+async def test_a_full_disk_turns_writing_off_with_one_warning(tmp_path: Path, caplog) -> None:
+    store = _FullDisk(tmp_path, 100 * BLOCK)
+    store.open()
+    tier = DiskBlockTier(store, BLOCK)
+    fetched: list[int] = []
+
+    async def origin(index: int) -> bytes:
+        fetched.append(index)
+        return _data(index)
+
+    with caplog.at_level(logging.WARNING):
+        for index in range(3):
+            assert await tier.fetch(_key(index), lambda i=index: origin(i)) == _data(index)
+    assert fetched == [0, 1, 2]
+    assert not tier.writing
+    assert len([r for r in caplog.records if "disk is full" in r.message]) == 1
+
+
+async def test_the_tier_serves_hits_from_disk_and_never_stores_untagged_packages(
+    tmp_path: Path,
+) -> None:
+    tier = DiskBlockTier(_store(tmp_path, 100 * BLOCK), BLOCK)
+    calls = 0
+
+    async def origin() -> bytes:
+        nonlocal calls
+        calls += 1
+        return _data(1)
+
+    assert await tier.fetch(_key(1), origin) == _data(1)
+    assert await tier.fetch(_key(1), origin) == _data(1)
+    assert await tier.fetch(_key(1, None), origin) == _data(1)
+    assert await tier.fetch(_key(1, None), origin) == _data(1)
+    assert calls == 3
+    assert (tier.hits, tier.misses, tier.writes) == (1, 1, 1)
+
+
+async def test_saved_indexes_roundtrip_per_entry_version(tmp_path: Path) -> None:
+    store = PackageIndexStore(tmp_path)
+    member = ZipMember("a/b.tif", 0, 10, 10, 0, 123, None, False)
+    index = ZipIndex((member,), b"comment")
+    info = ObjectInfo(100, '"e1"')
+    await store.save("c1", "v1", info, index)
+    assert await store.load("c1", "v1") == (info, index)
+    assert await store.load("c1", "v2") is None  # the catalog entry changed
+    assert await store.load("c2", "v1") is None
+    store.discard("c1")  # the package changed (412)
+    assert await store.load("c1", "v1") is None
+    assert _json_files(tmp_path) == []
+    await store.save("c3", "v1", ObjectInfo(100, None), index)  # no ETag: never trusted
+    assert await store.load("c3", "v1") is None
+
+
+async def test_a_damaged_saved_index_is_ignored(tmp_path: Path) -> None:
+    store = PackageIndexStore(tmp_path)
+    index = ZipIndex((), b"")
+    await store.save("c1", "v1", ObjectInfo(1, '"e"'), index)
+    _json_files(tmp_path)[0].write_text("{not json")
+    assert await store.load("c1", "v1") is None
+
+
+@pytest.mark.parametrize("age", [0.0, 1e9])
+def test_usage_counts_block_files(tmp_path: Path, age: float) -> None:
+    store = _store(tmp_path, 100 * BLOCK)
+    store.put(*_named(0), _data(0))
+    store.remove_older_than(age)
+    held = usage(tmp_path)
+    assert held.bytes == _on_disk(tmp_path)
+    assert held.blocks == (0 if age == 0 else 1)
