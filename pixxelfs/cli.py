@@ -34,6 +34,8 @@ from pixxelfs.logs import setup_logging
 log = logging.getLogger("pixxelfs")
 
 READY = "ready"
+# Shared-cache URLs reach the daemon here, never on its command line (they may hold a password).
+SHARED_CACHE_ENV = "PIXXELFS_SHARED_CACHE"
 MOUNT_EXAMPLES = """\
 examples:
   export PIXXEL_API_KEY=...                  # or --api-key-file ~/.config/pixxel.key (chmod 600)
@@ -130,7 +132,8 @@ def _add_shared_cache_options(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="URL",
         help="shared block store redis://[:PASSWORD@]HOST:PORT/DB or rediss://...; repeat to "
-        "spread blocks over several nodes",
+        f"spread blocks over several nodes (or set ${SHARED_CACHE_ENV}, space-separated, to "
+        "keep a password off command lines)",
     )
     parser.add_argument(
         "--shared-cache-timeout",
@@ -248,8 +251,28 @@ def _mount_config(args: argparse.Namespace, api_url: str, api_key: str) -> Mount
     )
 
 
-def _shared_cache_config(args: argparse.Namespace) -> SharedCacheConfig | None:
+def _shared_cache_urls(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--shared-cache`` URLs, else those of the environment (how the daemon receives them)."""
     urls = tuple(getattr(args, "shared_cache", ()))
+    return urls or tuple(os.environ.get(SHARED_CACHE_ENV, "").split())
+
+
+def _without_shared_cache(argv: Sequence[str]) -> list[str]:
+    """``argv`` minus ``--shared-cache URL``: a URL may hold a password, argv is public."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--shared-cache":
+            skip = True
+        elif not arg.startswith("--shared-cache="):
+            kept.append(arg)
+    return kept
+
+
+def _shared_cache_config(args: argparse.Namespace) -> SharedCacheConfig | None:
+    urls = _shared_cache_urls(args)
     if not urls:
         if getattr(args, "share_signed_urls", False):
             raise ConfigError("--share-signed-urls needs --shared-cache URL")
@@ -277,14 +300,18 @@ def _spawn_daemon(args: argparse.Namespace, argv: Sequence[str]) -> int:
         sys.executable,
         "-m",
         "pixxelfs",
-        *argv,
+        *_without_shared_cache(argv),
         "--foreground",
         "--ready-fd",
         str(write_end),
     ]
+    env = dict(os.environ)
+    if urls := _shared_cache_urls(args):
+        env[SHARED_CACHE_ENV] = " ".join(urls)
     with open(log_file, "ab") as log_stream:
         process = subprocess.Popen(
             command,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=log_stream,
             stderr=log_stream,

@@ -37,10 +37,10 @@ from pixxelfs.catalog.tree import DirectoryNode, SceneNode
 from pixxelfs.config import DEFAULT_API_URL, MountConfig, SharedCacheConfig, read_api_key
 from pixxelfs.fs.scene_files import MemberFile, MemoryFile, PackageDir, lookup_entry, scene_root
 from pixxelfs.fs.scenes import SceneStore
+from pixxelfs.mount import read_paths
 from pixxelfs.remote.block_cache import BlockCache
 from pixxelfs.remote.member import MemberReader
 from pixxelfs.remote.package import RemotePackage
-from pixxelfs.remote.readahead import ReadPaths
 from pixxelfs.remote.shared_cache import account_scope, open_shared_store
 from pixxelfs.remote.signed_url import SignedUrlResolver
 from pixxelfs.remote.storage import PackageSource, StorageClient
@@ -115,9 +115,7 @@ async def _open_core(config: MountConfig) -> AsyncIterator[_Core]:
         storage = StorageClient(storage_http)
         resolver = SignedUrlResolver(api if shared is None else shared.downloads(api))
         tiers: list[BlockTier] = [] if shared is None else [shared.block_tier(config.block_size)]
-        paths = ReadPaths.default()
-        if shared is not None:  # one request per block: see pixxelfs.mount.read_paths
-            paths = ReadPaths(paths.budget, paths.policy, part_size=config.block_size)
+        paths = read_paths(config)
 
         def open_package(catalog_id: str) -> RemotePackage:
             source = PackageSource(catalog_id, resolver, storage)

@@ -145,7 +145,9 @@ class StacView:
     def __init__(self, scene_paths: Callable[[SceneNode], tuple[str, ...] | None]):
         self._scene_paths = scene_paths
         self._items = RenderMemo()
-        self._catalogs = RenderMemo()
+        # One per catalog directory: a 10,000-scene catalog has ~4,500 of them, and a memo that
+        # cannot hold them all re-renders every catalog.json on each `find`.
+        self._catalogs = RenderMemo(maxsize=1 << 16)
 
     def in_directory(self, path: Sequence[str], node: DirectoryNode) -> Mapping[str, SceneEntry]:
         key = tuple(path)

@@ -7,6 +7,7 @@ the origin served (exact byte counts from the emulator, never timings).
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
@@ -29,7 +30,7 @@ from tests.scale.cluster import (
     member_sha256,
     origin_bytes,
 )
-from tests.scale.redis_server import RedisServer
+from tests.scale.redis_server import RedisServer, require_redis
 
 pytestmark = pytest.mark.fuse
 
@@ -208,3 +209,19 @@ def test_a_replaced_package_never_serves_old_blocks(big_emulator, package, redis
         assert file_sha256(find_member(m.mountpoint, QA_MASK)) == new
     size = zipfile.ZipFile(big_emulator.package_path(catalog_id)).getinfo(name).file_size
     assert origin_bytes(big_emulator.stats()["storage_gets"]).unique >= size  # all refetched
+
+
+def test_a_redis_password_never_reaches_the_daemon_command_line(emulator, tmp_path: Path) -> None:
+    """The daemon gets its shared-cache URLs through its environment, not argv."""
+    server = RedisServer(require_redis(), tmp_path, password="s3cret-redis-pw")
+    server.start()
+    try:
+        with cluster(tmp_path, emulator.base_url, emulator.api_key, [server.url], 1) as (m,):
+            cmdline = Path(f"/proc/{m.pid}/cmdline").read_bytes()
+            assert b"s3cret-redis-pw" not in cmdline
+            assert b"--shared-cache" not in cmdline.replace(b"--shared-cache-", b"")
+            text = (m.mountpoint / ".pixxelfs" / "stats.json").read_text()
+            assert len(json.loads(text)["shared_cache"]["nodes"]) == 1
+            assert "s3cret-redis-pw" not in text + m.log()
+    finally:
+        server.kill()
