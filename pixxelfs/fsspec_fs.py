@@ -33,6 +33,7 @@ from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 from pixxelfs import __version__
 from pixxelfs.api.client import PixxelClient
 from pixxelfs.catalog.service import CatalogService
+from pixxelfs.catalog.snapshot import EntryVersions
 from pixxelfs.catalog.tree import DirectoryNode, SceneNode
 from pixxelfs.config import DEFAULT_API_URL, MountConfig, SharedCacheConfig, read_api_key
 from pixxelfs.fs.scene_files import MemberFile, MemoryFile, PackageDir, lookup_entry, scene_root
@@ -117,11 +118,20 @@ async def _open_core(config: MountConfig) -> AsyncIterator[_Core]:
         tiers: list[BlockTier] = [] if shared is None else [shared.block_tier(config.block_size)]
         paths = read_paths(config)
 
+        share = None if shared is None else shared.listings(config.metadata_ttl)
+        catalog = CatalogService(api, ttl=config.metadata_ttl, share=share)
+        versions = EntryVersions(catalog.current)
+
         def open_package(catalog_id: str) -> RemotePackage:
             source = PackageSource(catalog_id, resolver, storage)
-            return RemotePackage(source, cache, tiers=tiers, paths=paths)
+            saved = None
+            if shared is not None:
+                check = PackageSource(catalog_id, resolver, storage, probe_bytes=1)
+                version = versions(catalog_id)
+                saved = shared.package_index(source, version, None, check.size_and_etag)
+            return RemotePackage(source, cache, tiers=tiers, paths=paths, saved=saved)
 
-        yield _Core(CatalogService(api, ttl=config.metadata_ttl), SceneStore(open_package))
+        yield _Core(catalog, SceneStore(open_package))
 
 
 class _Runtime:

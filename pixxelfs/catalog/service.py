@@ -8,7 +8,8 @@ is attempted on the first access after ``failure_backoff`` seconds; with no snap
 error is raised. ``generation`` increases only when a rebuild changes what the mount shows, so
 the fs layer can invalidate kernel caches exactly then. A saved snapshot can be served before
 the first listing (:meth:`CatalogService.seed`), and ``on_listings`` receives the listings of
-every rebuild that changed the tree, so they can be persisted.
+every rebuild that changed the tree, so they can be persisted. With ``share``, the listings are
+fetched through a cache other mounts share (one mount pages through the API for all).
 
 Cancellation: a rebuild runs in the task of the caller that started it. If that caller is
 cancelled, waiting callers are woken without a result and one of them starts a new rebuild.
@@ -36,6 +37,10 @@ _T = TypeVar("_T")
 
 OnListings = Callable[[list[Project], list[OrderItem], list[Catalog]], Awaitable[None]]
 """Called with the listings of every rebuild that changed the tree (to persist them)."""
+
+Listings = tuple[list[Project], list[OrderItem], list[Catalog]]
+ShareListings = Callable[[Callable[[], Awaitable[Listings]]], Awaitable[Listings]]
+"""Fetches the listings through a cache other mounts share (``shared_cache.SharedListings``)."""
 
 
 class CatalogApi(Protocol):
@@ -68,8 +73,10 @@ class CatalogService:
         clock: Callable[[], float] = trio.current_time,
         failure_backoff: float = DEFAULT_FAILURE_BACKOFF,
         on_listings: OnListings | None = None,
+        share: ShareListings | None = None,
     ):
         self._api = api
+        self._share = share
         self._on_listings = on_listings
         self._ttl = ttl
         self._clock = clock
@@ -133,7 +140,10 @@ class CatalogService:
     async def _rebuild(self) -> CatalogTree:
         started = self._clock()
         try:
-            projects, order_items, catalogs = await self._fetch_listings()
+            if self._share is None:
+                projects, order_items, catalogs = await self._fetch_listings()
+            else:
+                projects, order_items, catalogs = await self._share(self._fetch_listings)
         except PixxelfsError as exc:
             self.api_failures += 1
             if self._tree is None:
@@ -158,7 +168,7 @@ class CatalogService:
         self.builds += 1
         log.debug("catalog tree %d built: %d scenes", self.generation, tree.scene_count)
 
-    async def _fetch_listings(self) -> tuple[list[Project], list[OrderItem], list[Catalog]]:
+    async def _fetch_listings(self) -> Listings:
         """The three listings, fetched concurrently; the first PixxelfsError is raised bare."""
         projects: list[Project] = []
         order_items: list[OrderItem] = []

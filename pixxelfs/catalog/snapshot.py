@@ -23,6 +23,7 @@ from typing import Any
 import trio
 
 from pixxelfs.api.models import Catalog, OrderItem, Project
+from pixxelfs.catalog.service import Listings
 from pixxelfs.catalog.tree import CatalogTree, build_tree
 from pixxelfs.remote.disk_cache import write_atomically
 
@@ -54,13 +55,8 @@ class SnapshotStore:
         self, projects: list[Project], order_items: list[OrderItem], catalogs: list[Catalog]
     ) -> None:
         """Replace the snapshot; a failure is logged (the mount works without it)."""
-        body = {
-            "format": FORMAT,
-            "saved_at": time.time(),
-            "projects": [p.raw for p in projects],
-            "order_items": [o.raw for o in order_items],
-            "catalogs": [c.raw for c in catalogs],
-        }
+        listings = listings_json(projects, order_items, catalogs)
+        body = {"format": FORMAT, "saved_at": time.time(), **listings}
         try:
             await trio.to_thread.run_sync(_dump, self.path, body)
         except (OSError, TypeError, ValueError) as exc:
@@ -71,11 +67,7 @@ class SnapshotStore:
             body = json.loads(self.path.read_bytes())
             if body.get("format") != FORMAT:
                 return None
-            tree = build_tree(
-                [Project.from_json(p) for p in body["projects"]],
-                [OrderItem.from_json(o) for o in body["order_items"]],
-                [Catalog.from_json(c) for c in body["catalogs"]],
-            )
+            tree = build_tree(*listings_of(body))
             saved_at = float(body["saved_at"])
         except FileNotFoundError:
             return None
@@ -83,6 +75,26 @@ class SnapshotStore:
             log.warning("ignoring the unreadable catalog snapshot %s: %s", self.path, exc)
             return None
         return Snapshot(tree, saved_at)
+
+
+def listings_json(
+    projects: list[Project], order_items: list[OrderItem], catalogs: list[Catalog]
+) -> dict[str, Any]:
+    """The raw API answers of the three listings (no key, no signed URL: they are not in them)."""
+    return {
+        "projects": [p.raw for p in projects],
+        "order_items": [o.raw for o in order_items],
+        "catalogs": [c.raw for c in catalogs],
+    }
+
+
+def listings_of(body: dict[str, Any]) -> Listings:
+    """The listings saved by :func:`listings_json` (raises on a damaged body)."""
+    return (
+        [Project.from_json(p) for p in body["projects"]],
+        [OrderItem.from_json(o) for o in body["order_items"]],
+        [Catalog.from_json(c) for c in body["catalogs"]],
+    )
 
 
 def _dump(path: Path, body: dict[str, Any]) -> None:

@@ -12,6 +12,11 @@ Concurrency protocol:
   tries again. Fetch errors never escape into the nursery (that would tear down the mount).
 - Code between the cache lookup and the flight registration has no checkpoint, so two tasks
   cannot both start a fetch for one key.
+- A fetch may :meth:`~BlockCache.deliver` its block before it returns (when its bytes have
+  arrived but a slower cache tier, such as a disk write, is still keeping them): waiters get the
+  block at once, and the flight stays registered until the fetch ends, so nobody fetches it
+  again meanwhile. Blocks delivered early whose fetch is still running (*write-behind*) are
+  bounded by ``write_behind`` bytes: beyond it, new fetches wait for the tiers to catch up.
 
 Keys carry the package identity including its ETag, so bytes of a replaced package can never
 be served for the new one; old blocks simply age out of the LRU.
@@ -50,6 +55,7 @@ class CacheStats:
     bytes: int
     evictions: int
     in_flight: int
+    write_behind: int = 0
 
 
 @dataclass
@@ -57,6 +63,7 @@ class _Flight:
     done: trio.Event = field(default_factory=trio.Event)
     data: bytes | None = None
     error: Exception | None = None
+    early: int = 0  # bytes delivered before the fetch returned
 
 
 class _CountingLRU(LRUCache[BlockKey, bytes]):
@@ -75,11 +82,16 @@ class _CountingLRU(LRUCache[BlockKey, bytes]):
 class BlockCache:
     """Size-bounded LRU of blocks with single-flight fetching in a cache-owned nursery."""
 
-    def __init__(self, max_bytes: int, block_size: int):
+    def __init__(self, max_bytes: int, block_size: int, *, write_behind: int | None = None):
         if block_size <= 0 or max_bytes < 0:
             raise ValueError("block_size must be positive and max_bytes non-negative")
         self.max_bytes = max_bytes
         self.block_size = block_size
+        self.write_behind = (
+            max(block_size, max_bytes // 16) if write_behind is None else write_behind
+        )
+        self._behind = 0
+        self._caught_up = trio.Event()
         self._blocks = _CountingLRU(max_bytes)
         self._flights: dict[BlockKey, _Flight] = {}
         self._nursery: trio.Nursery | None = None
@@ -89,10 +101,12 @@ class BlockCache:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, max_bytes: int, block_size: int) -> AsyncIterator[BlockCache]:
+    async def open(
+        cls, max_bytes: int, block_size: int, *, write_behind: int | None = None
+    ) -> AsyncIterator[BlockCache]:
         """A cache whose fetch tasks live exactly as long as the ``async with`` block."""
         async with trio.open_nursery() as nursery:
-            cache = cls(max_bytes, block_size)
+            cache = cls(max_bytes, block_size, write_behind=write_behind)
             cache.start(nursery)
             try:
                 yield cache
@@ -111,6 +125,7 @@ class BlockCache:
             bytes=int(self._blocks.currsize),
             evictions=self._blocks.evictions,
             in_flight=len(self._flights),
+            write_behind=self._behind,
         )
 
     def known(self, key: BlockKey) -> bool:
@@ -155,20 +170,42 @@ class BlockCache:
         self._nursery.start_soon(self._run, key, fetch, flight)
         return flight
 
+    def deliver(self, key: BlockKey, data: bytes) -> None:
+        """Hand ``key``'s block to its waiters and the LRU now, before its fetch returns."""
+        flight = self._flights.get(key)
+        if flight is None or flight.done.is_set():
+            return
+        flight.data = data
+        flight.early = len(data)
+        self._behind += flight.early
+        self._store(key, data)
+        flight.done.set()
+
     async def _run(self, key: BlockKey, fetch: Fetch, flight: _Flight) -> None:
+        """Fetch and store; once delivered early, a later failure is the tiers', not the
+        readers' (they already have good bytes)."""
         try:
+            while self._behind > self.write_behind:
+                await self._caught_up.wait()
             data = await fetch()
         except Exception as exc:
             log.debug("fetch of block %d failed: %r", key.index, exc)
-            flight.error = exc
+            if not flight.done.is_set():
+                flight.error = exc
         except BaseException:
-            flight.error = StorageError("block fetch cancelled: the cache is shutting down")
+            if not flight.done.is_set():
+                flight.error = StorageError("block fetch cancelled: the cache is shutting down")
             raise
         else:
-            flight.data = data
-            self._store(key, data)
+            if not flight.done.is_set():
+                flight.data = data
+                self._store(key, data)
         finally:
             del self._flights[key]
+            if flight.early:
+                self._behind -= flight.early
+                self._caught_up.set()
+                self._caught_up = trio.Event()
             flight.done.set()
 
     def _store(self, key: BlockKey, data: bytes) -> None:

@@ -68,40 +68,49 @@ class _Unit:
 
 
 class _SharedRange:
-    """One range request whose bytes several cache entries share; the outcome is kept."""
+    """One range request whose bytes several cache entries share; the outcome is kept.
 
-    def __init__(self, package: RemotePackage, start: int, end: int, *, ahead: bool, exact: bool):
+    The body is cut into one bytes object per unit as it is copied out of the HTTP chunks, and
+    each unit's piece is let go once handed out: the whole part is never held as one joined
+    copy beside the blocks cut from it.
+    """
+
+    def __init__(self, package: RemotePackage, units: list[_Unit], *, ahead: bool, exact: bool):
         self._package = package
-        self.start, self.end = start, end
+        self.start, self.end = units[0].start, units[-1].end
+        self._ends = {unit.start: unit.end for unit in units}
         self._ahead, self._exact = ahead, exact
         self._lock = trio.Lock()
-        self._data: bytes | None = None
+        self._pieces: dict[int, bytes] | None = None
         self._error: Exception | None = None
 
-    def part(self, start: int, end: int) -> Fetch:
+    def part(self, start: int) -> Fetch:
+        """The origin fetch of the unit starting at ``start``."""
+
         async def fetch() -> bytes:
-            data = await self._get()
-            return data[start - self.start : end - self.start]
+            async with self._lock:
+                if self._error is not None:
+                    raise self._error
+                if self._pieces is None:
+                    try:
+                        self._pieces = await self._request()
+                    except Exception as exc:
+                        self._error = exc
+                        raise
+                piece = self._pieces.pop(start, None)
+            if piece is None:  # asked for twice (a tier retrying): fetch it on its own
+                return await self._package.source.read_range(start, self._ends[start])
+            return piece
 
         return fetch
 
-    async def _get(self) -> bytes:
-        async with self._lock:
-            if self._error is not None:
-                raise self._error
-            if self._data is None:
-                try:
-                    self._data = await self._request()
-                except Exception as exc:
-                    self._error = exc
-                    raise
-            return self._data
-
-    async def _request(self) -> bytes:
+    async def _request(self) -> dict[int, bytes]:
         paths = self._package.paths
         async with paths.budget.reserve(self.end - self.start):
             paths.count(self.end - self.start, ahead=self._ahead, exact=self._exact)
-            return await self._package.source.read_range(self.start, self.end)
+            sizes = [end - start for start, end in self._ends.items()]
+            pieces = await self._package.source.read_split(self.start, self.end, sizes)
+        return dict(zip(self._ends, pieces, strict=True))
 
 
 class SavedIndex(Protocol):
@@ -274,11 +283,23 @@ class RemotePackage:
     def _shared(self, run: list[_Unit], *, ahead: bool) -> _SharedRange:
         """One request for the consecutive units of ``run``."""
         exact = any(unit.key.package != self.source.identity for unit in run)
-        return _SharedRange(self, run[0].start, run[-1].end, ahead=ahead, exact=exact)
+        return _SharedRange(self, run, ahead=ahead, exact=exact)
 
     def _through_tiers(self, unit: _Unit, shared: _SharedRange) -> Fetch:
-        """Fetch ``unit`` through the cache tiers, the origin being its share of ``shared``."""
-        return chain(self._tiers, unit.key, shared.part(unit.start, unit.end))
+        """Fetch ``unit`` through the cache tiers, the origin being its share of ``shared``.
+
+        Bytes from the origin go to the memory cache's readers at once, while the tiers
+        keep them (a disk write must not hold up the read that needed the block)."""
+        if not self._tiers:
+            return shared.part(unit.start)
+        part = shared.part(unit.start)
+
+        async def origin() -> bytes:
+            data = await part()
+            self._cache.deliver(unit.key, data)
+            return data
+
+        return chain(self._tiers, unit.key, origin)
 
     async def open_member(self, member: ZipMember) -> MemberReader:
         """A reader for ``member`` (shared with other openers of the same member)."""

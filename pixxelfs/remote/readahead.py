@@ -13,8 +13,8 @@ tiles) or single blocks, never a window.
 
 :class:`MemoryBudget` bounds the bytes of range parts being fetched at once, across every
 package of a mount: a part waits for room before its request is sent (backpressure), so
-however many handles stream, the daemon holds at most the budget in flight on top of the
-block cache's own bound.
+however many handles stream, the daemon holds at most the budget in flight; the mount takes
+that budget out of the memory cache's size (``mount.block_cache_bytes``).
 
 :class:`MemberHandle` is the per-handle object the filesystem keeps: pattern plus reader.
 """

@@ -24,13 +24,29 @@ This module owns the cluster-wide cache level below memory and disk (see ``tiers
 - **Several nodes.** Keys are spread over independent Redis nodes by consistent hashing (a ring
   with virtual points per node), so adding or losing a node moves about 1/N of the keys.
 
-The same lease protocol shares small values too (:meth:`SharedStore.fill_once`): signed URLs
-with ``--share-signed-urls`` (:class:`SharedDownloads`), one download resource per scene for
-the whole cluster.
+The same lease protocol shares metadata too (:meth:`SharedStore.fill_once`), so N mounts pay
+for it once:
+
+- **ZIP indexes** (:class:`SharedIndex`): a package's ETag, size and ZIP directory under
+  ``pxfs:v1:zip:{scope}:{catalog id hash}:{entry version}`` (the fingerprint of the catalog entry,
+  as the disk cache keys it): a mount learns the package's index without the 128 KiB tail
+  probe. It checks the version with a 1-byte probe first: blocks of the named version may all
+  be in the store, so a replaced package would otherwise never meet a 412 and its old bytes
+  would be served. A stale index is replaced, never used.
+- **COG headers** need nothing extra: they are exact ranges of the block tier.
+- **The catalog listings** (:class:`SharedListings`): the raw API answers under
+  ``pxfs:v1:catalog:{scope}`` for ``min(metadata TTL, 60 s)``: mounts started together page
+  through the API once.
+- **Signed URLs** with ``--share-signed-urls`` (:class:`SharedDownloads`): one download
+  resource per scene for the whole cluster.
+
+A metadata value that is sealed correctly but does not decode is garbage too: dropped, and
+loaded from the API or storage instead.
 """
 
 from __future__ import annotations
 
+import base64
 import bisect
 import hashlib
 import json
@@ -43,16 +59,24 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from enum import Enum, StrEnum
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import trio
 from cachetools import LRUCache
 
 from pixxelfs.api.models import DownloadResource
+from pixxelfs.catalog.service import Listings
+from pixxelfs.catalog.snapshot import listings_json, listings_of
 from pixxelfs.config import SharedCacheConfig
 from pixxelfs.remote.block_cache import BlockKey, Fetch
+
+# The disk cache's row format of a ZIP member: one serialisation of indexes, not two.
+from pixxelfs.remote.disk_cache import _member_json, _member_of
+from pixxelfs.remote.package import SavedIndex, read_zip_index
 from pixxelfs.remote.signed_url import DownloadApi, expiry_from_url
+from pixxelfs.remote.storage import ObjectInfo, PackageSource
+from pixxelfs.remote.zipindex import ZipIndex
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +93,12 @@ URL_LEASE_SECONDS = 30.0
 URL_MARGIN_SECONDS = 60.0
 # Signed URLs without a readable expiry are shared for this long only.
 URL_DEFAULT_SECONDS = 300.0
+# A tail probe may first wait for a download resource to be created.
+INDEX_LEASE_SECONDS = 15.0
+# Paging through a large account's listings takes seconds.
+CATALOG_LEASE_SECONDS = 30.0
+# Shared listings live at most this long (and never longer than the metadata TTL).
+CATALOG_MAX_SECONDS = 60.0
 # A node whose breaker opened is probed again after this long: short enough that a restarted
 # Redis is back in use quickly, long enough that a dead one costs one timeout per period.
 BREAKER_COOLDOWN_SECONDS = 5.0
@@ -298,6 +328,9 @@ class SharedStore:
         self.block_lease = block_lease
         self.errors = 0
         self.block_stats = FillStats()
+        self.range_stats = FillStats()
+        self.index_stats = FillStats()
+        self.catalog_stats = FillStats()
         self.url_stats = FillStats()
 
     def block_tier(self, block_size: int) -> SharedBlockTier:
@@ -307,10 +340,35 @@ class SharedStore:
         """``api``, sharing its signed URLs when ``--share-signed-urls`` is on."""
         return SharedDownloads(api, self) if self.config.share_signed_urls else api
 
+    def package_index(
+        self,
+        source: PackageSource,
+        version: str | None,
+        inner: SavedIndex | None,
+        current: Callable[[], Awaitable[ObjectInfo]],
+    ) -> SavedIndex | None:
+        """The saved index of ``source``'s package: ``inner`` (the disk's), then this store.
+
+        ``version`` fingerprints the catalog entry; without one (an unknown entry) nothing is
+        shared. ``current`` is a cheap probe of the package's version (a 1-byte tail).
+        """
+        if version is None:
+            return inner
+        return SharedIndex(self, source, version, inner, current)
+
+    def listings(self, metadata_ttl: float) -> SharedListings | None:
+        """What ``CatalogService(share=...)`` fetches its listings through (None: a mount
+        without a metadata TTL lists for itself every time, so there is nothing to share)."""
+        ttl = min(metadata_ttl, CATALOG_MAX_SECONDS)
+        return SharedListings(self, ttl) if ttl > 0 else None
+
     def stats(self) -> dict[str, Any]:
         """Counters for ``pixxelfs stats``: per kind of value, errors, and each node's breaker."""
         return {
             "blocks": asdict(self.block_stats),
+            "ranges": asdict(self.range_stats),
+            "zip_indexes": asdict(self.index_stats),
+            "catalog": asdict(self.catalog_stats),
             "signed_urls": asdict(self.url_stats),
             "errors": self.errors,
             "nodes": [
@@ -333,6 +391,37 @@ class SharedStore:
         except _Unavailable:
             stats.bypassed += 1
             return await self._load(load, stats)
+
+    async def fill_decoded(
+        self,
+        key: str,
+        load: Callable[[], Awaitable[T]],
+        codec: Codec[T],
+        stats: FillStats,
+        lifetime: Callable[[T], float | None],
+        lease_seconds: float,
+    ) -> T:
+        """:meth:`fill_once` for a value that is not bytes. One that does not decode is
+        garbage: it is dropped and filled again (once; then ``load`` runs here)."""
+        loaded: list[T] = []
+
+        async def load_encoded() -> bytes:
+            loaded.append(await load())
+            return codec.encode(loaded[0])
+
+        def lifetime_of(_data: bytes) -> float | None:
+            return lifetime(loaded[0])
+
+        for _attempt in range(2):
+            data = await self.fill_once(key, load_encoded, stats, lifetime_of, lease_seconds)
+            if loaded:
+                return loaded[0]
+            try:
+                return codec.decode(data)
+            except Exception as exc:  # a sealed value we did not write: never used
+                log.debug("shared cache: %s does not decode (%s)", key, exc)
+                await self._discard(key, stats)
+        return await load()
 
     async def forget(self, key: str) -> None:
         """Delete ``key`` (best effort)."""
@@ -481,14 +570,13 @@ class SharedBlockTier:
         return f"{KEY_PREFIX}:b:{package}:{kind}:{key.index}"
 
     async def fetch(self, key: BlockKey, below: Fetch) -> bytes:
+        store = self._store
+        stats = store.block_stats if len(key.package) <= 3 else store.range_stats
         name = self.key_for(key)
         if name is None:
-            self._store.block_stats.unshared += 1
+            stats.unshared += 1
             return await below()
-        store = self._store
-        return await store.fill_once(
-            name, below, store.block_stats, self._lifetime, store.block_lease
-        )
+        return await store.fill_once(name, below, stats, self._lifetime, store.block_lease)
 
     def _lifetime(self, data: bytes) -> float | None:
         ttl = self._store.config.ttl
@@ -525,6 +613,148 @@ class SharedDownloads:
         store = self._store
         data = await store.fill_once(key, load, store.url_stats, _url_lifetime, URL_LEASE_SECONDS)
         return DownloadResource(**json.loads(data))
+
+
+class Codec(Protocol[T]):
+    """Bytes of a value in the store, and back (``decode`` raises on anything else)."""
+
+    def encode(self, value: T) -> bytes: ...
+
+    def decode(self, data: bytes) -> T: ...
+
+
+class _IndexCodec:
+    """A package's identity and ZIP index as JSON (the disk cache's member rows)."""
+
+    @staticmethod
+    def encode(value: tuple[ObjectInfo, ZipIndex]) -> bytes:
+        info, index = value
+        body = {
+            "etag": info.etag,
+            "size": info.size,
+            "comment": base64.b64encode(index.comment).decode(),
+            "members": [_member_json(m) for m in index.members],
+        }
+        return json.dumps(body).encode()
+
+    @staticmethod
+    def decode(data: bytes) -> tuple[ObjectInfo, ZipIndex]:
+        body = json.loads(data)
+        info = ObjectInfo(int(body["size"]), str(body["etag"]))
+        members = tuple(_member_of(row) for row in body["members"])
+        return info, ZipIndex(members, base64.b64decode(body["comment"]))
+
+
+class SharedIndex:
+    """A package's :class:`~pixxelfs.remote.package.SavedIndex` shared by the cluster.
+
+    ``inner`` (the disk cache's) is asked first. On a miss the first mount to take the lease
+    reads the index from storage (the tail probe) and publishes it; the others use it.
+    An index another mount published is used only if ``current`` (a 1-byte probe) still
+    names its version. :meth:`load` always answers, so ``RemotePackage`` pins that version.
+    """
+
+    def __init__(
+        self,
+        store: SharedStore,
+        source: PackageSource,
+        version: str,
+        inner: SavedIndex | None,
+        current: Callable[[], Awaitable[ObjectInfo]],
+    ):
+        self._store = store
+        self._source = source
+        self._inner = inner
+        self._current = current
+        self._probed = False
+        catalog = hashlib.sha256(source.catalog_id.encode()).hexdigest()[:32]
+        self._key = f"{KEY_PREFIX}:zip:{store.scope}:{catalog}:{version}"
+
+    async def load(self) -> tuple[ObjectInfo, ZipIndex] | None:
+        if self._inner is not None and (saved := await self._inner.load()) is not None:
+            return saved
+        store, catalog_id = self._store, self._source.catalog_id
+        found = await self._fill()
+        if not self._probed and await self._current() != found[0]:
+            store.index_stats.corrupt += 1
+            log.info("catalog %s: the shared index names an old package version", catalog_id)
+            await store.forget(self._key)
+            found = await self._fill()
+        if self._inner is not None:
+            await self._inner.save(*found)
+        return found
+
+    async def save(self, info: ObjectInfo, index: ZipIndex) -> None:
+        """Only ``inner`` is written here: the store is filled by :meth:`load`."""
+        if self._inner is not None:
+            await self._inner.save(info, index)
+
+    def discard(self) -> None:
+        """The package changed (412): ``inner`` drops it; the store's copy fails the version
+        check of the next :meth:`load` and is replaced then."""
+        if self._inner is not None:
+            self._inner.discard()
+
+    async def _fill(self) -> tuple[ObjectInfo, ZipIndex]:
+        store = self._store
+        return await store.fill_decoded(
+            self._key,
+            self._read,
+            _IndexCodec(),
+            store.index_stats,
+            self._lifetime,
+            INDEX_LEASE_SECONDS,
+        )
+
+    async def _read(self) -> tuple[ObjectInfo, ZipIndex]:
+        self._probed = True
+        index = await read_zip_index(self._source)
+        return await self._source.size_and_etag(), index
+
+    def _lifetime(self, value: tuple[ObjectInfo, ZipIndex]) -> float | None:
+        """Packages without an ETag are not shared (nothing tells their versions apart)."""
+        if value[0].etag is None:
+            return 0
+        ttl = self._store.config.ttl
+        return ttl if ttl > 0 else None
+
+
+class _ListingsCodec:
+    """The raw API answers of the three listings, as the disk snapshot keeps them."""
+
+    @staticmethod
+    def encode(value: Listings) -> bytes:
+        return json.dumps(listings_json(*value)).encode()  # ASCII: lone surrogates survive
+
+    @staticmethod
+    def decode(data: bytes) -> Listings:
+        return listings_of(json.loads(data))
+
+
+class SharedListings:
+    """The catalog listings, paged through the API by one mount of the cluster per ``ttl``.
+
+    Scoped by account; the listings hold neither the API key nor signed URLs.
+    """
+
+    def __init__(self, store: SharedStore, ttl: float):
+        self._store = store
+        self.ttl = ttl
+        self._key = f"{KEY_PREFIX}:catalog:{store.scope}"
+
+    async def __call__(self, fetch: Callable[[], Awaitable[Listings]]) -> Listings:
+        store = self._store
+        return await store.fill_decoded(
+            self._key,
+            fetch,
+            _ListingsCodec(),
+            store.catalog_stats,
+            self._lifetime,
+            CATALOG_LEASE_SECONDS,
+        )
+
+    def _lifetime(self, _value: Listings) -> float:
+        return self.ttl
 
 
 def _url_lifetime(data: bytes) -> float:

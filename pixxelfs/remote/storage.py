@@ -21,7 +21,7 @@ import email.utils
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TypeVar
@@ -144,6 +144,34 @@ class StorageClient:
         (when known) is compared with the ``Content-Range`` total. Either mismatch means the
         object was replaced: :class:`PackageChangedError`.
         """
+        chunks = await self._fetch_chunks(url, start, end_exclusive, etag, object_size)
+        return b"".join(chunks)
+
+    async def fetch_split(
+        self,
+        url: str,
+        start: int,
+        end_exclusive: int,
+        sizes: Sequence[int],
+        *,
+        etag: str | None,
+        object_size: int | None = None,
+    ) -> list[bytes]:
+        """Like :meth:`fetch_range`, but the bytes cut into pieces of ``sizes`` (which must add
+        up to the range), each copied once from the body: no joined copy of the whole range."""
+        if sum(sizes) != end_exclusive - start:
+            raise ValueError("the piece sizes must add up to the range")
+        chunks = await self._fetch_chunks(url, start, end_exclusive, etag, object_size)
+        return split_chunks(chunks, sizes)
+
+    async def _fetch_chunks(
+        self,
+        url: str,
+        start: int,
+        end_exclusive: int,
+        etag: str | None,
+        object_size: int | None,
+    ) -> list[bytes]:
         if not 0 <= start < end_exclusive:
             raise ValueError(f"bad range [{start}, {end_exclusive})")
         describe = f"GET bytes {start}-{end_exclusive - 1} of {redact_url(url)}"
@@ -166,7 +194,7 @@ class StorageClient:
         etag: str | None,
         object_size: int | None,
         describe: str,
-    ) -> bytes:
+    ) -> list[bytes]:
         headers = {"Range": f"bytes={start}-{end_exclusive - 1}", **_IDENTITY}
         if etag is not None:
             headers["If-Match"] = etag
@@ -191,7 +219,7 @@ class StorageClient:
                     raise PackageChangedError(
                         f"{describe}: object size changed from {object_size} to {got.total}"
                     )
-            return await self._read_exactly(response, expected, describe)
+            return await self._read_chunks(response, expected, describe)
 
     async def _probe_once(self, url: str, tail_bytes: int) -> Probe:
         describe = f"GET last {tail_bytes} bytes of {redact_url(url)}"
@@ -205,7 +233,7 @@ class StorageClient:
                 size = _content_length(response)
                 if size is None or size > tail_bytes:
                     raise StorageError(f"{describe}: storage ignored the Range header (200)")
-                tail = await self._read_exactly(response, size, describe)
+                tail = b"".join(await self._read_chunks(response, size, describe))
                 return Probe(ObjectInfo(size, etag), tail)
             got = _parse_content_range(response.headers.get("content-range"))
             if got is None or got.total is None or got.end_exclusive != got.total:
@@ -215,7 +243,8 @@ class StorageClient:
                 )
             if got.end_exclusive - got.start != min(tail_bytes, got.total):
                 raise StorageError(f"{describe}: answer has the wrong length")
-            tail = await self._read_exactly(response, got.end_exclusive - got.start, describe)
+            length = got.end_exclusive - got.start
+            tail = b"".join(await self._read_chunks(response, length, describe))
             return Probe(ObjectInfo(got.total, etag), tail)
 
     def _check_status(self, response: httpx.Response, describe: str) -> None:
@@ -231,8 +260,11 @@ class StorageClient:
             raise TransientError(f"HTTP {status}", retry_after=hint)
         raise StorageError(f"{describe}: unexpected HTTP {status}")
 
-    async def _read_exactly(self, response: httpx.Response, expected: int, describe: str) -> bytes:
-        """The body, which must be exactly ``expected`` bytes; short bodies are transient."""
+    async def _read_chunks(
+        self, response: httpx.Response, expected: int, describe: str
+    ) -> list[bytes]:
+        """The body as received, which must be exactly ``expected`` bytes; short bodies are
+        transient. Not joined here: the caller copies each byte once, into what it keeps."""
         chunks: list[bytes] = []
         received = 0
         async with aclosing(response.aiter_bytes()) as body:
@@ -244,7 +276,29 @@ class StorageClient:
         self.bytes_received += received
         if received < expected:
             raise TransientError(f"truncated body: {received} of {expected} bytes")
-        return b"".join(chunks)
+        return chunks
+
+
+def split_chunks(chunks: Sequence[bytes], sizes: Sequence[int]) -> list[bytes]:
+    """``b"".join(chunks)`` cut into pieces of ``sizes``, copying each byte once (a piece that
+    is exactly one chunk is that chunk, not a copy)."""
+    pieces: list[bytes] = []
+    index, offset = 0, 0  # the next unread byte: chunks[index][offset]
+    for size in sizes:
+        views: list[bytes | memoryview] = []
+        while size:
+            chunk = chunks[index]
+            take = min(size, len(chunk) - offset)
+            whole = offset == 0 and take == len(chunk)
+            views.append(chunk if whole else memoryview(chunk)[offset : offset + take])
+            size -= take
+            offset += take
+            if offset == len(chunk):
+                index, offset = index + 1, 0
+        pieces.append(
+            views[0] if len(views) == 1 and isinstance(views[0], bytes) else b"".join(views)
+        )
+    return pieces
 
 
 def _content_length(response: httpx.Response) -> int | None:
@@ -327,14 +381,28 @@ class PackageSource:
 
     async def read_range(self, start: int, end_exclusive: int) -> bytes:
         """Bytes ``[start, end_exclusive)`` of the pinned version."""
-        info = await self.size_and_etag()
-        if not 0 <= start < end_exclusive <= info.size:
-            raise ValueError(f"range [{start}, {end_exclusive}) outside a {info.size}-byte package")
+        info = await self._check_range(start, end_exclusive)
         return await self._with_renewal(
             lambda url: self._storage.fetch_range(
                 url.url, start, end_exclusive, etag=info.etag, object_size=info.size
             )
         )
+
+    async def read_split(self, start: int, end_exclusive: int, sizes: Sequence[int]) -> list[bytes]:
+        """Bytes ``[start, end_exclusive)`` of the pinned version, as pieces of ``sizes`` (one
+        request; see :meth:`StorageClient.fetch_split`)."""
+        info = await self._check_range(start, end_exclusive)
+        return await self._with_renewal(
+            lambda url: self._storage.fetch_split(
+                url.url, start, end_exclusive, sizes, etag=info.etag, object_size=info.size
+            )
+        )
+
+    async def _check_range(self, start: int, end_exclusive: int) -> ObjectInfo:
+        info = await self.size_and_etag()
+        if not 0 <= start < end_exclusive <= info.size:
+            raise ValueError(f"range [{start}, {end_exclusive}) outside a {info.size}-byte package")
+        return info
 
     async def _with_renewal(self, call: Callable[[SignedUrl], Awaitable[T]]) -> T:
         signed = await self._resolver.get(self.catalog_id)

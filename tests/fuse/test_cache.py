@@ -7,7 +7,6 @@ import json
 import os
 import random
 import signal
-import struct
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pixxelfs.emulator import Emulator, EmulatorConfig, running_emulator
-from pixxelfs.remote.disk_cache import decode_block
+from pixxelfs.remote.disk_cache import BLOCK_HEADER, decode_block
 from tests.fuse.cachehelp import (
     files_bytes,
     member_hashes,
@@ -190,9 +189,8 @@ def _block_files_verify(cache: Path) -> int:
     count = 0
     for path in cache.glob("*/blocks/*/*.blk"):
         blob = path.read_bytes()
-        header = struct.Struct("<8sHQ32s")  # magic, key length, data length, BLAKE2b
-        _magic, key_length, _length, _check = header.unpack_from(blob)
-        key = blob[header.size : header.size + key_length].decode()
+        _magic, key_length, _length, _check = BLOCK_HEADER.unpack_from(blob)
+        key = blob[BLOCK_HEADER.size : BLOCK_HEADER.size + key_length].decode()
         assert decode_block(key, blob) is not None, f"{path} is damaged"
         count += 1
     return count

@@ -5,11 +5,14 @@ from __future__ import annotations
 import itertools
 import zipfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
+from pixxelfs.config import MountConfig
+from pixxelfs.mount import block_cache_bytes, read_paths
 from pixxelfs.remote.block_cache import BlockCache
 from pixxelfs.remote.package import RemotePackage
 from pixxelfs.remote.readahead import (
@@ -124,3 +127,18 @@ async def test_a_window_is_fetched_as_parallel_parts_within_the_budget(cache) ->
     before = len(server.requests)
     assert await package.read(8 * KIB, 256 * KIB) == data[8 * KIB : 264 * KIB]
     assert len(server.requests) == before  # everything came from the parts
+
+
+@pytest.mark.parametrize("size_mib", [4, 16, 512, 4096])
+def test_parts_in_flight_and_write_behind_come_out_of_the_memory_cache_size(size_mib: int) -> None:
+    config = MountConfig(
+        mountpoint=Path("/nonexistent"),
+        api_url="http://127.0.0.1:1",
+        api_key="key",
+        memory_cache_size=size_mib << 20,
+    )
+    paths = read_paths(config)
+    blocks, behind = block_cache_bytes(config, paths)
+    assert 0 < blocks <= config.memory_cache_size and behind >= config.block_size
+    if size_mib >= 16:  # small caches keep a quarter for blocks whatever the parts need
+        assert blocks + behind + paths.budget.limit == config.memory_cache_size

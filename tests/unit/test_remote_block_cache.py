@@ -174,3 +174,47 @@ async def test_get_without_a_nursery_is_a_clear_error() -> None:
     cache = BlockCache(max_bytes=100, block_size=10)
     with pytest.raises(RuntimeError, match="not started"):
         await cache.get(BlockKey(PKG, 0), lambda: instant(b""))
+
+
+async def test_a_block_delivered_early_reaches_readers_before_its_fetch_ends() -> None:
+    """A slow tier below (a disk write) does not hold up the readers of a delivered block."""
+    key = BlockKey(PKG, 1)
+    writing = trio.Event()
+    async with BlockCache.open(max_bytes=100, block_size=10, write_behind=10) as cache:
+
+        async def fetch() -> bytes:
+            cache.deliver(key, b"early")
+            await writing.wait()
+            raise OSError("the tier below failed after delivering")
+
+        assert await cache.get(key, fetch) == b"early"
+        assert cache.stats().write_behind == 5 and cache.known(key)
+        writing.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert cache.stats().write_behind == 0 and cache.stats().in_flight == 0
+        assert await cache.get(key, GatedFetcher()) == b"early"  # stored, the error ignored
+
+
+async def test_write_behind_beyond_its_bound_holds_back_new_fetches() -> None:
+    writing = trio.Event()
+    async with BlockCache.open(max_bytes=100, block_size=10, write_behind=10) as cache:
+
+        def slow_writer(index: int):
+            async def fetch() -> bytes:
+                cache.deliver(BlockKey(PKG, index), b"x" * 10)
+                await writing.wait()
+                return b"x" * 10
+
+            return fetch
+
+        await cache.get(BlockKey(PKG, 0), slow_writer(0))
+        await cache.get(BlockKey(PKG, 1), slow_writer(1))  # 10 behind: not beyond the bound
+        assert cache.stats().write_behind == 20
+        later = GatedFetcher(b"later")
+        cache.prefetch(BlockKey(PKG, 2), later)
+        await trio.testing.wait_all_tasks_blocked()
+        assert later.calls == 0  # 20 behind > 10: waits for the writes
+        writing.set()
+        later.release.set()
+        assert await cache.get(BlockKey(PKG, 2), later) == b"later"
+        assert later.calls == 1 and cache.stats().write_behind == 0

@@ -157,3 +157,55 @@ async def test_url_expiring_mid_read_is_renewed_once_for_all_blocks(cache) -> No
     server.valid_signatures.clear()  # the URL expires before the blocks are fetched
     assert await pkg.read(0, 4 * 8192) == data[: 4 * 8192]
     assert downloads.issued == 2
+
+
+class SlowTier:
+    """A cache tier whose writes wait for the test (a disk under load)."""
+
+    def __init__(self) -> None:
+        self.written = trio.Event()
+        self.kept: dict[object, bytes] = {}
+
+    async def fetch(self, key, below) -> bytes:
+        data = await below()
+        await self.written.wait()
+        self.kept[key] = data
+        return data
+
+
+async def test_a_read_does_not_wait_for_the_tiers_to_keep_its_blocks(cache) -> None:
+    data = build(FILES, method=zipfile.ZIP_STORED)
+    server = ObjectServer(data)
+    source, _ = make_source(server, probe_bytes=4096)
+    tier = SlowTier()
+    pkg = RemotePackage(source, cache, tiers=[tier])
+    with trio.fail_after(5):
+        assert await pkg.read(10_000, 20_000) == data[10_000:30_000]
+    assert not tier.kept and cache.stats().write_behind == 3 * 8192
+    before = len(server.requests)
+    assert await pkg.read(16_384, 100) == data[16_384:16_484]  # from memory meanwhile
+    assert len(server.requests) == before
+    tier.written.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert sorted(len(block) for block in tier.kept.values()) == [8192] * 3
+    assert cache.stats().write_behind == 0
+
+
+class TwiceTier:
+    """A tier that asks the level below twice for the same block (a retrying store)."""
+
+    async def fetch(self, key, below) -> bytes:
+        await below()
+        return await below()
+
+
+async def test_a_unit_asked_for_twice_is_fetched_again_not_lost(cache) -> None:
+    data = build(FILES, method=zipfile.ZIP_STORED)
+    server = ObjectServer(data)
+    source, _ = make_source(server, probe_bytes=4096)
+    pkg = RemotePackage(source, cache, tiers=[TwiceTier()])
+    assert await pkg.read(10_000, 20_000) == data[10_000:30_000]
+    await trio.testing.wait_all_tasks_blocked()  # the second asks come after delivery
+    ranges = [r.headers["range"] for r in server.requests[1:]]
+    assert ranges.count("bytes=8192-32767") == 1  # one part; then each block on its own
+    assert sorted(ranges[1:]) == ["bytes=16384-24575", "bytes=24576-32767", "bytes=8192-16383"]

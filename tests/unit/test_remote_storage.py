@@ -19,7 +19,7 @@ from pixxelfs.errors import (
 )
 from pixxelfs.remote.retry import RetryPolicy
 from pixxelfs.remote.signed_url import SignedUrlResolver
-from pixxelfs.remote.storage import PackageSource, StorageClient
+from pixxelfs.remote.storage import PackageSource, StorageClient, split_chunks
 
 Fault = Callable[[httpx.Request], httpx.Response | None]
 
@@ -94,6 +94,33 @@ async def test_fetch_range_returns_exactly_the_range() -> None:
     assert request.headers["range"] == "bytes=100-1099"
     assert request.headers["if-match"] == '"v1"'
     assert storage.stats() == {"requests": 1, "bytes": 1000, "retries": 0}
+
+
+async def test_fetch_split_cuts_one_request_into_pieces() -> None:
+    server = ObjectServer(DATA)
+    storage = make_storage(server)
+    pieces = await storage.fetch_split(url(), 100, 1100, [1, 499, 500], etag='"v1"')
+    assert pieces == [DATA[100:101], DATA[101:600], DATA[600:1100]]
+    assert all(type(piece) is bytes for piece in pieces)
+    assert len(server.requests) == 1 and storage.stats()["bytes"] == 1000
+    with pytest.raises(ValueError):
+        await storage.fetch_split(url(), 100, 1100, [500, 499], etag='"v1"')
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 100])
+@pytest.mark.parametrize("sizes", [[10], [1, 9], [3, 3, 4], [7, 1, 1, 1]])
+def test_split_chunks_matches_slicing_the_join(chunk: int, sizes: list[int]) -> None:
+    data = bytes(range(10))
+    chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    expected = [data[start : start + size] for start, size in zip(starts, sizes, strict=True)]
+    assert split_chunks(chunks, sizes) == expected
+
+
+def test_split_chunks_hands_out_a_whole_chunk_without_copying() -> None:
+    chunks = [b"a" * 8, b"b" * 8]
+    pieces = split_chunks(chunks, [8, 8])
+    assert pieces[0] is chunks[0] and pieces[1] is chunks[1]
 
 
 async def test_probe_and_head_give_size_etag_and_tail() -> None:
