@@ -110,3 +110,21 @@ def test_two_dask_worker_processes_share_blocks_through_redis(
         np.testing.assert_array_equal(got, want)
     origin = origin_bytes(cog_emulator.stats()["storage_gets"])
     assert origin.amplification <= 1.05, origin
+
+
+# rioxarray multiplies affine transforms with `*`, which affine 2.4+ marks as pending deprecation.
+@pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
+def test_rioxarray_opens_a_scene_through_pixxel_urls(cog_emulator):
+    """xarray users: ``rioxarray.open_rasterio`` on a ``pixxel://`` file object."""
+    rioxarray = pytest.importorskip("rioxarray")
+    fs = fsspec.filesystem("pixxel", api_url=cog_emulator.base_url, api_key=cog_emulator.api_key)
+    package, name = source(cog_emulator)
+    with rasterio.open(f"zip://{package}!{name}") as ds:
+        expected, crs, transform = ds.read(window=WINDOWS[2]), ds.crs, ds.transform
+    with fs.open(reflectance(fs)) as f, rioxarray.open_rasterio(f) as data:
+        assert data.rio.crs == crs
+        assert data.rio.transform() == transform
+        window = WINDOWS[2]
+        rows = slice(window.row_off, window.row_off + window.height)
+        cols = slice(window.col_off, window.col_off + window.width)
+        np.testing.assert_array_equal(data.isel(y=rows, x=cols).values, expected)
