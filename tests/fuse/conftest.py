@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuse.util import Mount, assert_clean_log, cleanup, mount, require_fuse, unmount
+from tests.fuse.util import Mount, mount, require_fuse, unmounted_after
 
 
 @pytest.fixture(scope="module")
@@ -15,11 +15,8 @@ def mounted(emulator, tmp_path_factory) -> Iterator[Mount]:
     """The shared emulator's catalog, mounted for the whole test module."""
     require_fuse()
     mountpoint: Path = tmp_path_factory.mktemp("mnt")
-    m = mount(mountpoint, emulator.base_url, emulator.api_key, "--metadata-ttl", "2")
-    try:
+    with unmounted_after(
+        mount(mountpoint, emulator.base_url, emulator.api_key, "--metadata-ttl", "2"),
+        clean_log=True,
+    ) as m:
         yield m
-    except BaseException:
-        cleanup(m)
-        raise
-    unmount(m)
-    assert_clean_log(m)

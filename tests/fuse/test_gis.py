@@ -23,7 +23,7 @@ import pytest
 import rasterio
 
 from pixxelfs.views.vrt import WHITE_REFLECTANCE
-from tests.fuse.util import Mount, assert_clean_log, cleanup, mount, require_fuse, unmount
+from tests.fuse.util import Mount, mount, require_fuse, unmounted_after
 from tests.stac_offline import offline_validation
 
 pytestmark = pytest.mark.fuse
@@ -40,14 +40,11 @@ def gis_mount(emulator, tmp_path_factory) -> Iterator[Mount]:
     if shutil.which("gdalinfo") is None:
         pytest.skip("gdal-bin is not installed")
     mountpoint = tmp_path_factory.mktemp("gis")
-    m = mount(mountpoint, emulator.base_url, emulator.api_key, "--metadata-ttl", "600", "--debug")
-    try:
+    with unmounted_after(
+        mount(mountpoint, emulator.base_url, emulator.api_key, "--metadata-ttl", "600", "--debug"),
+        clean_log=True,
+    ) as m:
         yield m
-    except BaseException:
-        cleanup(m)
-        raise
-    unmount(m)
-    assert_clean_log(m)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 
 from pixxelfs.emulator import Emulator
 from tests.fuse.cachehelp import scene_dirs, storage_requests
-from tests.fuse.util import PIXXELFS, assert_clean_log, cleanup, mount, require_fuse, unmount
+from tests.fuse.util import PIXXELFS, mount, require_fuse, unmounted_after
 
 pytestmark = pytest.mark.fuse
 
@@ -33,32 +33,27 @@ def test_prefetch_of_a_project_fills_the_cache_and_a_second_run_downloads_nothin
     require_fuse()
     cache, mountpoint = tmp_path / "cache", tmp_path / "mnt"
     mountpoint.mkdir()
-    m = mount(mountpoint, emulator.base_url, emulator.api_key, "--cache-dir", str(cache))
-    try:
+    with unmounted_after(
+        mount(mountpoint, emulator.base_url, emulator.api_key, "--cache-dir", str(cache)),
+        clean_log=False,
+    ):
         scene = sorted(scene_dirs(mountpoint).values())[0]
         project = mountpoint / scene.relative_to(mountpoint).parts[0]
         files = [p for p in project.rglob("*") if p.is_file()]
         emulator.reset_stats()
         first = _prefetch(str(project), "--jobs", "4")
-    except BaseException:
-        cleanup(m)
-        raise
-    unmount(m)
     assert first.returncode == 0, first.stderr
     assert re.search(r"prefetch +100\.0%", first.stdout), first.stdout
     assert f"prefetched {len(files)} file(s)" in first.stdout
     assert _downloaded(first.stdout) != "0 B"
     assert storage_requests(emulator)
 
-    m = mount(mountpoint, emulator.base_url, emulator.api_key, "--cache-dir", str(cache))
-    try:
+    with unmounted_after(
+        mount(mountpoint, emulator.base_url, emulator.api_key, "--cache-dir", str(cache)),
+        clean_log=True,
+    ):
         emulator.reset_stats()
         second = _prefetch(str(project))
-    except BaseException:
-        cleanup(m)
-        raise
-    unmount(m)
-    assert_clean_log(m)
     assert second.returncode == 0, second.stderr
     assert _downloaded(second.stdout) == "0 B"
     assert storage_requests(emulator) == []
@@ -70,17 +65,15 @@ def test_overviews_only_reads_geotiff_headers_and_overviews_and_skips_the_rest(
     require_fuse()
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    m = mount(mountpoint, emulator.base_url, emulator.api_key, "--cache-dir", str(tmp_path / "c"))
-    try:
+    with unmounted_after(
+        mount(mountpoint, emulator.base_url, emulator.api_key, "--cache-dir", str(tmp_path / "c")),
+        clean_log=False,
+    ):
         scene = next(iter(scene_dirs(mountpoint).values()))
         tifs = sorted(p for p in scene.rglob("*.tif"))
         tif_bytes = sum(p.stat().st_size for p in tifs)
         result = _prefetch(str(scene), "--overviews-only")
         outside = _prefetch(str(tmp_path))
-    except BaseException:
-        cleanup(m)
-        raise
-    unmount(m)
     assert result.returncode == 0, result.stderr
     assert f"prefetched {len(tifs)} file(s)" in result.stdout
     assert re.search(r"skipped .*metadata\.json: not a GeoTIFF", result.stdout)

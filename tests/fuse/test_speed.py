@@ -16,7 +16,7 @@ import pytest
 
 from pixxelfs.emulator import Emulator, EmulatorConfig, running_emulator
 from pixxelfs.remote.cog import HEADER_PROBE, parse_layout
-from tests.fuse.util import Mount, assert_clean_log, cleanup, mount, require_fuse, unmount
+from tests.fuse.util import Mount, mount, require_fuse, unmounted_after
 
 MIB = 1 << 20
 
@@ -61,23 +61,13 @@ def _member_bytes(emu: Emulator) -> tuple[bytes, int]:
     return data, info.header_offset + 30 + name_len + extra_len
 
 
-def _finish(m: Mount) -> None:
-    unmount(m)
-    assert_clean_log(m)
-
-
 def test_sequential_copy_uses_large_parallel_parts(big_emulator, tmp_path) -> None:
     data, _ = _member_bytes(big_emulator)
-    m = _mounted(big_emulator, tmp_path)
-    try:
+    with unmounted_after(_mounted(big_emulator, tmp_path), clean_log=True) as m:
         path = _geotiff(m)
         big_emulator.reset_stats()
         shutil.copyfile(path, tmp_path / "copy.tif")
         gets = big_emulator.stats()["storage_gets"]
-    except BaseException:
-        cleanup(m)
-        raise
-    _finish(m)
     digest = hashlib.sha256((tmp_path / "copy.tif").read_bytes()).hexdigest()
     assert digest == hashlib.sha256(data).hexdigest()
     sizes = [g["end"] - g["start"] + 1 for g in gets if g["start"] is not None]
@@ -92,8 +82,7 @@ def test_random_reads_fetch_whole_tiles(big_emulator, tmp_path) -> None:
     assert layout is not None
     full = layout.levels[0]
     tiles = [9, 2, 14]  # tiles beyond the header probe, out of order
-    m = _mounted(big_emulator, tmp_path)
-    try:
+    with unmounted_after(_mounted(big_emulator, tmp_path), clean_log=True) as m:
         path = _geotiff(m)
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -106,10 +95,6 @@ def test_random_reads_fetch_whole_tiles(big_emulator, tmp_path) -> None:
         finally:
             os.close(fd)
         gets = big_emulator.stats()["storage_gets"]
-    except BaseException:
-        cleanup(m)
-        raise
-    _finish(m)
     fetched = [(g["start"] - start, g["end"] + 1 - start) for g in gets]
     # Leave out the open's background prefetch of the overviews (they precede full resolution).
     fetched = [(first, end) for first, end in fetched if end > min(full.offsets)]
@@ -124,15 +109,10 @@ def test_random_reads_fetch_whole_tiles(big_emulator, tmp_path) -> None:
 
 def test_stub_reads_return_zeros_without_storage(big_emulator, tmp_path) -> None:
     data, _ = _member_bytes(big_emulator)
-    m = _mounted(big_emulator, tmp_path, "--stub-reads")
-    try:
+    with unmounted_after(_mounted(big_emulator, tmp_path, "--stub-reads"), clean_log=True) as m:
         path = _geotiff(m)
         big_emulator.reset_stats()
         content = path.read_bytes()
         gets = big_emulator.stats()["storage_gets"]
-    except BaseException:
-        cleanup(m)
-        raise
-    _finish(m)
     assert len(content) == len(data) and content == bytes(len(data))
     assert len(gets) <= 2  # what the open fetches: the GeoTIFF header, the small overviews

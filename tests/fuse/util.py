@@ -13,6 +13,8 @@ import select
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +107,20 @@ def cleanup(m: Mount) -> None:
     subprocess.run(["fusermount3", "-u", "-z", str(m.mountpoint)], capture_output=True)
     if not wait_for_exit(m.pid, 10):
         os.kill(m.pid, 9)
+
+
+@contextmanager
+def unmounted_after(m: Mount, *, clean_log: bool) -> Iterator[Mount]:
+    """Unmount ``m`` when the block ends (checking its log if ``clean_log``); after an error,
+    clean up instead (lazy unmount, stop the daemon) and let the error through."""
+    try:
+        yield m
+    except BaseException:
+        cleanup(m)
+        raise
+    unmount(m)
+    if clean_log:
+        assert_clean_log(m)
 
 
 def assert_clean_log(m: Mount) -> None:
