@@ -51,7 +51,9 @@ class PackageBytes(Protocol):
     @property
     def block_size(self) -> int: ...
 
-    async def read(self, offset: int, size: int, *, pieces: PieceMap | None = None) -> bytes: ...
+    async def read(
+        self, offset: int, size: int, *, pieces: PieceMap | None = None, more_pieces: int = 0
+    ) -> bytes: ...
 
     def prefetch(self, offset: int, size: int) -> None: ...
 
@@ -116,10 +118,20 @@ class MemberReader:
     def seek_points(self) -> int:
         return len(self._points)
 
-    async def read(self, offset: int, size: int, *, exact: bool = False) -> bytes:
+    def piece_at(self, offset: int) -> tuple[int, int] | None:
+        """The GeoTIFF piece (tile) holding member byte ``offset``, in package coordinates
+        (only compared with each other), or None when reads there are plain blocks."""
+        if self.pieces is None or self.member.method != STORED:
+            return None
+        return self.pieces.piece_at(self.data_start + offset)
+
+    async def read(
+        self, offset: int, size: int, *, exact: bool = False, more_pieces: int = 0
+    ) -> bytes:
         """Member bytes ``[offset, offset + size)``, clamped; ``b""`` at or after the end.
 
-        ``exact`` (a random reader) fetches whole GeoTIFF tiles rather than blocks.
+        ``exact`` (a random reader) fetches whole GeoTIFF tiles rather than blocks, and
+        ``more_pieces`` of the tiles that follow in the same request.
         """
         if offset < 0 or size < 0:
             raise ValueError("offset and size must be non-negative")
@@ -128,7 +140,9 @@ class MemberReader:
             return b""
         if self.member.method == STORED:
             pieces = self.pieces if exact else None
-            return await self._package.read(self.data_start + offset, end - offset, pieces=pieces)
+            return await self._package.read(
+                self.data_start + offset, end - offset, pieces=pieces, more_pieces=more_pieces
+            )
         async with self._lock:
             if self._poisoned is not None:
                 raise self._poisoned

@@ -201,11 +201,14 @@ class RemotePackage:
         if self._saved is not None:
             self._saved.discard()
 
-    async def read(self, offset: int, size: int, *, pieces: Pieces | None = None) -> bytes:
+    async def read(
+        self, offset: int, size: int, *, pieces: Pieces | None = None, more_pieces: int = 0
+    ) -> bytes:
         """Package bytes ``[offset, offset + size)``, clamped to the package's end.
 
         With ``pieces``, bytes inside a piece are fetched as that exact range (a COG tile);
-        the others as aligned blocks.
+        the others as aligned blocks. ``more_pieces`` pieces that follow the read (the rest of
+        a row of tiles) are fetched in the same request.
         """
         if offset < 0 or size < 0:
             raise ValueError("offset and size must be non-negative")
@@ -214,9 +217,13 @@ class RemotePackage:
         if offset >= end:
             return b""
         segments = self._plan(offset, end, total, pieces)
-        fetchers = self._fetchers([unit for unit, _, _ in segments], ahead=False)
-        for key, fetch in list(fetchers.items())[1:]:  # the first one is started by get()
-            self._cache.prefetch(key, fetch)
+        units = [unit for unit, _, _ in segments]
+        following = self._following(units[-1].end, more_pieces, pieces, offset)
+        limit = self.paths.part_size * (2 if following else 1)
+        fetchers = self._fetchers(units + following, ahead=False, limit=limit)
+        for key, fetch in fetchers.items():
+            if key != units[0].key:  # that one is started by get()
+                self._cache.prefetch(key, fetch)
         parts: list[bytes] = []
         for unit, start, stop in segments:
             fetch = fetchers.get(unit.key)
@@ -260,11 +267,27 @@ class RemotePackage:
             position = unit.end
         return segments
 
-    def _fetchers(self, units: list[_Unit], *, ahead: bool) -> dict[BlockKey, Fetch]:
+    def _following(
+        self, position: int, count: int, pieces: Pieces | None, read_start: int
+    ) -> list[_Unit]:
+        """Up to ``count`` pieces from ``position`` on, within two parts of the read's start."""
+        units: list[_Unit] = []
+        limit = read_start + 2 * self.paths.part_size
+        while pieces is not None and len(units) < count:
+            piece = pieces.piece_at(position)
+            if piece is None or piece[0] != position or piece[1] > limit:
+                break
+            units.append(_Unit(self._range_key(*piece), *piece))
+            position = piece[1]
+        return units
+
+    def _fetchers(
+        self, units: list[_Unit], *, ahead: bool, limit: int | None = None
+    ) -> dict[BlockKey, Fetch]:
         """Fetch functions for the units missing from the cache: consecutive ones share one
-        request of at most ``part_size`` bytes."""
+        request of at most ``limit`` bytes (default: ``part_size``)."""
         runs: list[list[_Unit]] = []
-        limit = self.paths.part_size
+        limit = limit or self.paths.part_size
         for unit in units:
             if self._cache.known(unit.key):
                 continue

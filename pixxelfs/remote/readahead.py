@@ -8,19 +8,29 @@ starts at ``initial_window`` and doubles, each time half of it has been consumed
 ``max_window`` (Mountpoint-S3's scheme). A seek resets the window. Like gcsfuse, a handle whose
 reads average less than ``random_threshold`` bytes per seek is *random*: it must then read
 ``random_threshold`` bytes in a row before it streams again, so a GIS reader walking through a
-multi-MiB tile does not trigger readahead beyond it. Random handles read exact ranges (COG
-tiles) or single blocks, never a window.
+multi-MiB tile does not trigger readahead beyond it (for a file with tiles, the threshold is
+at least three times the handle's typical run of adjacent tiles: a row of two 4 MiB tiles is
+8 MiB in a row, and still random). Random handles read exact ranges (COG tiles) or single
+blocks, never a window.
 
 :class:`MemoryBudget` bounds the bytes of range parts being fetched at once, across every
 package of a mount: a part waits for room before its request is sent (backpressure), so
 however many handles stream, the daemon holds at most the budget in flight; the mount takes
 that budget out of the memory cache's size (``mount.block_cache_bytes``).
 
+:class:`PieceRuns` sizes a random handle's requests the way gcsfuse sizes them to the
+average read, in units of file-format pieces (COG tiles): GDAL reads the tiles of one window
+row after row, each row a run of tiles that lie next to each other in the file, one read after
+the other. At the start of a run, the handle fetches as many adjacent pieces as its recent runs
+held, in one request, as GDAL's own ``/vsicurl/`` merges a row's tiles.
+
 :class:`MemberHandle` is the per-handle object the filesystem keeps: pattern plus reader.
 """
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -65,9 +75,12 @@ class Advice:
 class AccessPattern:
     """Sequential/random detection and the readahead window of one handle."""
 
-    def __init__(self, policy: ReadaheadPolicy, limit: int):
+    def __init__(self, policy: ReadaheadPolicy, limit: int, *, tiled: bool = False):
         self.policy = policy
         self._limit = limit
+        # A tiled GeoTIFF is read a tile at a time by GIS readers: its handles start out
+        # random (a 4 MiB tile read in one go is not the start of a stream).
+        self._tiled = tiled
         self._last = -1  # where the previous read ended; -1 before the first read
         self._end = 0  # the furthest byte read in the current run
         self._run = 0  # bytes read in the current sequential run
@@ -77,11 +90,18 @@ class AccessPattern:
         self.bytes_read = 0
         self.seeks = 0
         self.ahead_bytes = 0
+        self.tile_run = 0  # the typical run of adjacent tiles, when the file has tiles
 
     @property
     def random(self) -> bool:
         """gcsfuse's rule: fewer than ``random_threshold`` bytes read per seek."""
-        return self.seeks > 0 and self.bytes_read < self.seeks * self.policy.random_threshold
+        return self.seeks > 0 and self.bytes_read < self.seeks * self.random_threshold
+
+    @property
+    def random_threshold(self) -> int:
+        """``random_threshold``, or three times the handle's typical run of tiles when larger:
+        a GIS reader's row of tiles (two 4 MiB tiles: 8 MiB in a row) is not a stream."""
+        return max(self.policy.random_threshold, 3 * self.tile_run)
 
     @property
     def window(self) -> int:
@@ -101,7 +121,8 @@ class AccessPattern:
             self._window = self.policy.initial_window
             self._end = self._frontier = end
         self._last = end
-        needed = self.policy.random_threshold if self.random else self.policy.initial_window
+        random = self.random or self._tiled
+        needed = self.random_threshold if random else self.policy.initial_window
         if self._run < needed:
             return Advice(streaming=False)
         return self._ahead(max(self._frontier, self._end))
@@ -127,6 +148,39 @@ class AccessPattern:
             "window": self._window,
             "ahead_bytes": self.ahead_bytes,
         }
+
+
+class PieceRuns:
+    """Runs of file-adjacent pieces read by one random handle, and how many to fetch at once."""
+
+    def __init__(self, history: int = 8, max_pieces: int = 4):
+        self._max = max_pieces
+        self._counts: deque[int] = deque(maxlen=history)
+        self._lengths: deque[int] = deque(maxlen=history)
+        self._start = self._end = -1  # the current run's extent
+        self._count = 0  # pieces in the current run
+
+    def observe(self, start: int, end: int) -> int:
+        """A read inside the piece ``[start, end)``: how many following pieces to fetch with it
+        (only at the start of a run, once earlier runs are known)."""
+        if self._start <= start < self._end:
+            return 0  # the same run (the kernel's reads of one tile may come out of order)
+        if start == self._end:
+            self._end = end
+            self._count += 1
+            return 0
+        if self._count:
+            self._counts.append(self._count)
+            self._lengths.append(self._end - self._start)
+        self._start, self._end, self._count = start, end, 1
+        if not self._counts:
+            return 0
+        return min(statistics.median_low(self._counts), self._max) - 1
+
+    @property
+    def typical_bytes(self) -> int:
+        """The median length of recent runs (0 before the first run ended)."""
+        return statistics.median_low(self._lengths) if self._lengths else 0
 
 
 class MemoryBudget:
@@ -205,9 +259,13 @@ class HandleReader(Protocol):
     @property
     def size(self) -> int: ...
 
-    async def read(self, offset: int, size: int, *, exact: bool = False) -> bytes: ...
+    async def read(
+        self, offset: int, size: int, *, exact: bool = False, more_pieces: int = 0
+    ) -> bytes: ...
 
     def prefetch(self, offset: int, size: int) -> None: ...
+
+    def piece_at(self, offset: int) -> tuple[int, int] | None: ...
 
 
 class MemberHandle:
@@ -215,13 +273,21 @@ class MemberHandle:
 
     def __init__(self, reader: HandleReader, policy: ReadaheadPolicy):
         self.reader = reader
-        self.pattern = AccessPattern(policy, reader.size)
+        self.pattern = AccessPattern(policy, reader.size, tiled=reader.piece_at(0) is not None)
+        self.runs = PieceRuns()
 
     async def read(self, offset: int, size: int) -> bytes:
         advice = self.pattern.observe(offset, size)
         if advice.ahead_size:
             self.reader.prefetch(advice.ahead_start, advice.ahead_size)
-        return await self.reader.read(offset, size, exact=not advice.streaming)
+        if advice.streaming:
+            return await self.reader.read(offset, size)
+        piece = self.reader.piece_at(offset)
+        more = 0
+        if piece is not None:
+            more = self.runs.observe(*piece)
+            self.pattern.tile_run = self.runs.typical_bytes
+        return await self.reader.read(offset, size, exact=True, more_pieces=more)
 
     def stats(self) -> dict[str, int | bool]:
-        return self.pattern.stats()
+        return {**self.pattern.stats(), "tile_run": self.pattern.tile_run}

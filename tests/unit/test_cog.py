@@ -21,6 +21,7 @@ from rasterio.crs import CRS
 from pixxelfs.remote.block_cache import BlockCache
 from pixxelfs.remote.cog import HEADER_PROBE, NeedMoreBytes, parse_layout
 from pixxelfs.remote.package import RemotePackage
+from pixxelfs.remote.readahead import MemberHandle, ReadaheadPolicy
 from tests.unit.test_remote_storage import ObjectServer, make_source
 
 
@@ -172,3 +173,33 @@ async def test_random_reads_fetch_whole_tiles_once(cog: bytes, cache: BlockCache
     assert await reader.read(offset, count, exact=True) == cog[offset : offset + count]
     assert await reader.read(0, 16_384, exact=True) == cog[:16_384]
     assert len(server.requests) == before  # the tile and the header are cached
+
+
+async def test_rows_of_tiles_are_fetched_one_row_per_request(cog: bytes, cache: BlockCache) -> None:
+    """GDAL reads a window's tiles row by row; once a handle's rows are known to hold two
+    adjacent tiles, each new row costs one request (as GDAL's own merged range)."""
+    server = ObjectServer(stored_zip("scene/image.tif", cog))
+    source, _ = make_source(server, probe_bytes=4096)
+    remote = RemotePackage(source, cache)
+    reader = await remote.open_member((await remote.index()).members[0])
+    await trio.testing.wait_all_tasks_blocked()
+    # Tiles of 256 KiB here: a small tolerance stands in for the 4 MiB tiles of real scenes.
+    handle = MemberHandle(reader, ReadaheadPolicy(tolerance=16 * 1024))
+    full = reader.pieces.layout.levels[0]
+    per_row = []
+    for row, column in [(0, 0), (2, 1), (1, 2), (3, 0), (0, 2)]:
+        before = len(server.requests)
+        first = row * 4 + column
+        for tile in (first, first + 1):
+            offset, count = full.offsets[tile], full.byte_counts[tile]
+            half = count // 2  # the kernel splits one pread into several reads
+            got = await handle.read(offset, half) + await handle.read(offset + half, count - half)
+            assert got == cog[offset : offset + count]
+        per_row.append(ranges_of(server, before))
+    assert [len(ranges) for ranges in per_row] == [2, 1, 1, 1, 1]
+    start = reader.data_start
+    for (row, column), [(first, end)] in zip([(2, 1), (1, 2)], per_row[1:3], strict=True):
+        tile = row * 4 + column
+        assert first == start + reader.pieces.layout.piece_at(full.offsets[tile])[0]
+        assert end == start + reader.pieces.layout.piece_at(full.offsets[tile + 1])[1]
+    assert abs(handle.stats()["tile_run"] - (end - first)) <= 2 * 64  # two tiles and leaders

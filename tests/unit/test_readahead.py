@@ -19,6 +19,7 @@ from pixxelfs.remote.readahead import (
     MIB,
     AccessPattern,
     MemoryBudget,
+    PieceRuns,
     ReadaheadPolicy,
     ReadPaths,
 )
@@ -72,6 +73,34 @@ def test_random_reads_never_read_ahead_until_a_long_run() -> None:
     asked = stream(pattern, run)
     assert not any(asked[:63]) and asked[63]  # streams once 8 MiB were read in a row
     assert pattern.observe(2016 * MIB, 128 * KIB).streaming
+
+
+@pytest.mark.parametrize("knows_tiles", [False, True])
+def test_rows_of_two_large_tiles_stream_only_without_the_tile_runs(knows_tiles: bool) -> None:
+    """A GIS window's row of two 4 MiB tiles is 8 MiB in a row: at the random threshold."""
+    pattern = AccessPattern(POLICY, 1 << 40)
+    rows = [1000, 200, 600, 50, 800, 400]
+    asked = []
+    for row in rows:
+        if knows_tiles:
+            pattern.tile_run = 8 * MIB + 16
+        asked.append(stream(pattern, list(range(row * MIB, row * MIB + 8 * MIB + 16, 128 * KIB))))
+    assert any(asked[0])  # before the first seek, any 1 MiB in a row streams
+    assert any(map(any, asked[1:])) != knows_tiles
+
+
+def test_piece_runs_fetch_a_typical_row_at_the_start_of_each_run() -> None:
+    runs = PieceRuns()
+    tile = 4 * MIB
+    assert runs.observe(0, tile) == 0  # nothing known yet
+    assert runs.observe(tile, 2 * tile) == 0  # the run goes on
+    assert runs.observe(0, tile) == 0  # out of order within the run
+    assert runs.observe(10 * tile, 11 * tile) == 1  # a new run: fetch one more piece
+    assert runs.observe(11 * tile, 12 * tile) == 0
+    assert runs.typical_bytes == 2 * tile
+    for start in (30, 50, 70):  # single tiles from now on: the median follows
+        runs.observe(start * tile, (start + 1) * tile)
+    assert runs.observe(90 * tile, 91 * tile) == 0 and runs.typical_bytes == tile
 
 
 def test_readahead_stops_at_the_end_of_the_file() -> None:

@@ -31,7 +31,9 @@ class MemoryPackage:
         self.reads = 0
         self.prefetched: list[tuple[int, int]] = []
 
-    async def read(self, offset: int, size: int, *, pieces: object = None) -> bytes:
+    async def read(
+        self, offset: int, size: int, *, pieces: object = None, more_pieces: int = 0
+    ) -> bytes:
         self.reads += 1
         await trio.lowlevel.checkpoint()
         return self.data[offset : offset + size]
