@@ -1,6 +1,6 @@
 """One GIS workload in a fresh process (so GDAL's caches start cold): prints JSON with seconds.
 
-    bench_gis.py windows PATH COUNT [--repeat]   COUNT random 256x256 windows of band 1
+    bench_gis.py windows PATH COUNT              COUNT random 256x256 windows of band 1
     bench_gis.py overview PATH                   the whole image at its smallest useful overview
     bench_gis.py sequential PATH                 every block of band order, in file order
     bench_gis.py open PATH                       open + header (what gdalinfo needs)
@@ -22,7 +22,7 @@ from rasterio.windows import Window
 GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_HTTP_MULTIRANGE": "YES"}
 
 
-def windows(path: str, count: int, repeat: bool) -> float:
+def windows(path: str, count: int) -> float:
     rng = random.Random(42)
     with rasterio.open(path) as src:
         spots = [
@@ -30,10 +30,8 @@ def windows(path: str, count: int, repeat: bool) -> float:
             for _ in range(count)
         ]
         started = time.perf_counter()
-        for _ in range(2 if repeat else 1):
-            started = time.perf_counter()
-            for col, row in spots:
-                src.read(1, window=Window(col, row, 256, 256))
+        for col, row in spots:
+            src.read(1, window=Window(col, row, 256, 256))
         return time.perf_counter() - started
 
 
@@ -64,7 +62,7 @@ def main(argv: list[str]) -> int:
     mode, path, *rest = argv
     with rasterio.Env(**GDAL_ENV):
         if mode == "windows":
-            seconds = windows(path, int(rest[0]), "--repeat" in rest)
+            seconds = windows(path, int(rest[0]))
         elif mode == "overview":
             seconds = overview(path)
         elif mode == "sequential":

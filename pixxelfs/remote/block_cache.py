@@ -170,6 +170,10 @@ class BlockCache:
         self._nursery.start_soon(self._run, key, fetch, flight)
         return flight
 
+    def put(self, key: BlockKey, data: bytes) -> None:
+        """Keep bytes made here rather than fetched (a DEFLATED member's inflated output)."""
+        self._store(key, data)
+
     def deliver(self, key: BlockKey, data: bytes) -> None:
         """Hand ``key``'s block to its waiters and the LRU now, before its fetch returns."""
         flight = self._flights.get(key)

@@ -14,6 +14,10 @@ index. To make random access affordable the reader keeps:
 - **a window** of the most recent inflated output (``window_bytes``), so a sequential reader,
   or one that re-reads what it just read, never re-inflates; the live decompressor continues
   from the window's end.
+- **inflated output in the block cache**: every aligned ``PLAIN_CHUNK`` (1 MiB) of output is
+  kept in the package's memory cache (same LRU and budget as the compressed blocks), so once a
+  member has been read through, random reads cost what they cost on a STORED member for as
+  long as the cache holds it; seek points bound the cost of the rest.
 
 The CRC-32 is carried along with every seek point and checked when a member has been inflated
 to its end; a mismatch (or a stream that ends early or runs long) raises
@@ -43,6 +47,8 @@ log = logging.getLogger(__name__)
 
 # Output produced per inflate step: bounds memory and the time one thread call takes.
 _STEP_OUTPUT = 1024 * 1024
+# Inflated output is kept in the cache in aligned pieces of this size.
+PLAIN_CHUNK = 1024 * 1024
 
 
 class PackageBytes(Protocol):
@@ -56,6 +62,12 @@ class PackageBytes(Protocol):
     ) -> bytes: ...
 
     def prefetch(self, offset: int, size: int) -> None: ...
+
+    def recall_plain(self, member: ZipMember, index: int) -> bytes | None:
+        """Inflated output piece ``index`` (of ``PLAIN_CHUNK`` bytes) if cached."""
+        ...
+
+    def keep_plain(self, member: ZipMember, index: int, data: bytes) -> None: ...
 
 
 @dataclass
@@ -108,6 +120,8 @@ class MemberReader:
         self._window_start = 0
         self._verified = False
         self._poisoned: CorruptPackageError | None = None
+        self._gathered = bytearray()  # inflated output of the PLAIN_CHUNK being completed
+        self._gathered_at: int | None = None  # its start; None until a chunk boundary
         self.inflated_bytes = 0
 
     @property
@@ -143,6 +157,10 @@ class MemberReader:
             return await self._package.read(
                 self.data_start + offset, end - offset, pieces=pieces, more_pieces=more_pieces
             )
+        plain = self._cached_plain(offset, end)
+        if plain is not None and self._poisoned is None:
+            await trio.lowlevel.checkpoint()
+            return plain
         async with self._lock:
             if self._poisoned is not None:
                 raise self._poisoned
@@ -158,6 +176,20 @@ class MemberReader:
         end = min(offset + size, self.member.size)
         if self.member.method == STORED and offset < end:
             self._package.prefetch(self.data_start + offset, end - offset)
+
+    def _cached_plain(self, offset: int, end: int) -> bytes | None:
+        """``[offset, end)`` from inflated output kept in the cache, or None if any is missing."""
+        first = offset // PLAIN_CHUNK
+        parts = []
+        for index in range(first, (end - 1) // PLAIN_CHUNK + 1):
+            data = self._package.recall_plain(self.member, index)
+            if data is None:
+                return None
+            parts.append(data)
+        base = first * PLAIN_CHUNK
+        if len(parts) == 1:
+            return parts[0][offset - base : end - base]
+        return b"".join(parts)[offset - base : end - base]
 
     async def _read_deflated(self, offset: int, end: int) -> bytes:
         cursor = self._cursor
@@ -191,7 +223,8 @@ class MemberReader:
     async def _step(self, cursor: _Cursor, want: int) -> bytes:
         """Inflate at most ``want`` bytes (and never across a seek-point boundary)."""
         boundary = (cursor.out_pos // self._interval + 1) * self._interval
-        limit = min(want, _STEP_OUTPUT, boundary - cursor.out_pos)
+        chunk_end = (cursor.out_pos // PLAIN_CHUNK + 1) * PLAIN_CHUNK
+        limit = min(want, _STEP_OUTPUT, boundary - cursor.out_pos, chunk_end - cursor.out_pos)
         chunk = b""
         while not chunk:
             if not cursor.pending:
@@ -230,8 +263,9 @@ class MemberReader:
         return chunk
 
     def _remember(self, cursor: _Cursor, chunk: bytes) -> None:
-        """Extend the window and take a seek point at interval boundaries."""
+        """Extend the window, keep whole chunks of output, take seek points at boundaries."""
         self.inflated_bytes += len(chunk)
+        self._gather(cursor.out_pos - len(chunk), chunk)
         self._window += chunk
         excess = len(self._window) - self._window_limit
         if excess > 0:
@@ -243,6 +277,23 @@ class MemberReader:
             if len(self._points) > self._max_points:
                 self._interval *= 2
                 self._points = {p: c for p, c in self._points.items() if p % self._interval == 0}
+
+    def _gather(self, start: int, chunk: bytes) -> None:
+        """Collect output into aligned ``PLAIN_CHUNK`` pieces and keep each complete one.
+
+        ``chunk`` never crosses a piece boundary (``_step`` stops there); gathering starts at
+        a boundary, so output inflated from an unaligned seek point waits for the next one."""
+        if start % PLAIN_CHUNK == 0:
+            self._gathered, self._gathered_at = bytearray(), start
+        if self._gathered_at is None or self._gathered_at + len(self._gathered) != start:
+            self._gathered_at = None
+            return
+        self._gathered += chunk
+        end = start + len(chunk)
+        if end % PLAIN_CHUNK == 0 or end == self.member.size:
+            index = self._gathered_at // PLAIN_CHUNK
+            self._package.keep_plain(self.member, index, bytes(self._gathered))
+            self._gathered, self._gathered_at = bytearray(), None
 
     async def _finish(self, cursor: _Cursor) -> None:
         """At the declared end: the stream must end here and the CRC-32 must match."""

@@ -257,7 +257,7 @@ class RemotePackage:
         position = offset
         while position < end:
             piece = pieces.piece_at(position) if pieces is not None else None
-            if piece is not None:
+            if piece is not None and not self._in_blocks(*piece):
                 unit = _Unit(self._range_key(*piece), *piece)
             else:
                 index = position // self.block_size
@@ -266,6 +266,15 @@ class RemotePackage:
             segments.append((unit, position, min(unit.end, end)))
             position = unit.end
         return segments
+
+    def _in_blocks(self, start: int, end: int) -> bool:
+        """Whether ``[start, end)`` is cached (or coming) as blocks but not as that exact range:
+        a tile that a sequential reader (``cp``, ``prefetch``) already brought in is read from
+        those blocks rather than fetched again."""
+        if self._cache.known(self._range_key(start, end)):
+            return False
+        first, last = start // self.block_size, (end - 1) // self.block_size
+        return all(self._cache.known(self._key(index)) for index in range(first, last + 1))
 
     def _following(
         self, position: int, count: int, pieces: Pieces | None, read_start: int
@@ -276,6 +285,8 @@ class RemotePackage:
         while pieces is not None and len(units) < count:
             piece = pieces.piece_at(position)
             if piece is None or piece[0] != position or piece[1] > limit:
+                break
+            if self._in_blocks(*piece):
                 break
             units.append(_Unit(self._range_key(*piece), *piece))
             position = piece[1]
@@ -380,6 +391,16 @@ class RemotePackage:
                 self.prefetch(first, end - first, pieces=pieces)
             return pieces
         return None
+
+    def recall_plain(self, member: ZipMember, index: int) -> bytes | None:
+        """A DEFLATED member's inflated output piece, if the memory cache holds it."""
+        return self._cache.peek(self._plain_key(member, index))
+
+    def keep_plain(self, member: ZipMember, index: int, data: bytes) -> None:
+        self._cache.put(self._plain_key(member, index), data)
+
+    def _plain_key(self, member: ZipMember, index: int) -> BlockKey:
+        return BlockKey((*self.source.identity, "plain", member.header_offset), index)
 
     def _key(self, index: int) -> BlockKey:
         return BlockKey(self.source.identity, index)

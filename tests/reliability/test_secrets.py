@@ -30,7 +30,10 @@ SIGNED = re.compile(r"(X-Amz-Signature=[0-9a-f]|pixxel-deliveries/[^\s\"']*\?X-A
 
 @pytest.fixture(scope="module")
 def emu() -> Iterator[Emulator]:
-    with running_emulator(EmulatorConfig(seed=41, scenes=3, api_key=KEY)) as emulator:
+    # GeoTIFFs of 16 MiB: reading the small files leaves most of their bytes uncached, so the
+    # large files need storage after the URLs are revoked.
+    config = EmulatorConfig(seed=41, scenes=3, api_key=KEY, width=1024, height=1024)
+    with running_emulator(config) as emulator:
         yield emulator
 
 

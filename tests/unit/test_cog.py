@@ -203,3 +203,23 @@ async def test_rows_of_tiles_are_fetched_one_row_per_request(cog: bytes, cache: 
         assert first == start + reader.pieces.layout.piece_at(full.offsets[tile])[0]
         assert end == start + reader.pieces.layout.piece_at(full.offsets[tile + 1])[1]
     assert abs(handle.stats()["tile_run"] - (end - first)) <= 2 * 64  # two tiles and leaders
+
+
+async def test_tiles_already_cached_as_blocks_cost_no_request(
+    cog: bytes, cache: BlockCache
+) -> None:
+    """After a sequential read (``cp``, ``prefetch``) cached the member as blocks, a GIS
+    reader's tile reads are served from those blocks, not fetched again as exact ranges."""
+    server = ObjectServer(stored_zip("scene/image.tif", cog))
+    source, _ = make_source(server, probe_bytes=4096)
+    remote = RemotePackage(source, cache)
+    reader = await remote.open_member((await remote.index()).members[0])
+    await trio.testing.wait_all_tasks_blocked()
+    assert await reader.read(0, len(cog)) == cog  # the streaming path: blocks
+    before = len(server.requests)
+    full = reader.pieces.layout.levels[0]
+    for tile in (3, 9, 14):
+        offset, count = full.offsets[tile], full.byte_counts[tile]
+        got = await reader.read(offset, count, exact=True, more_pieces=1)
+        assert got == cog[offset : offset + count]
+    assert len(server.requests) == before

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pixxelfs.errors import CorruptPackageError
-from pixxelfs.remote.member import MemberReader
+from pixxelfs.remote.member import PLAIN_CHUNK, MemberReader
 from pixxelfs.remote.zipindex import (
     ZipMember,
     data_offset,
@@ -25,11 +25,13 @@ from pixxelfs.remote.zipindex import (
 class MemoryPackage:
     """Package bytes in memory, with the read/prefetch surface of RemotePackage."""
 
-    def __init__(self, data: bytes, block_size: int = 4096):
+    def __init__(self, data: bytes, block_size: int = 4096, *, keeps_plain: bool = False):
         self.data = data
         self.block_size = block_size
         self.reads = 0
         self.prefetched: list[tuple[int, int]] = []
+        # Inflated output kept as RemotePackage's cache keeps it (off: seek points alone).
+        self.plain: dict[tuple[ZipMember, int], bytes] | None = {} if keeps_plain else None
 
     async def read(
         self, offset: int, size: int, *, pieces: object = None, more_pieces: int = 0
@@ -40,6 +42,13 @@ class MemoryPackage:
 
     def prefetch(self, offset: int, size: int) -> None:
         self.prefetched.append((offset, size))
+
+    def recall_plain(self, member: ZipMember, index: int) -> bytes | None:
+        return None if self.plain is None else self.plain.get((member, index))
+
+    def keep_plain(self, member: ZipMember, index: int, data: bytes) -> None:
+        if self.plain is not None:
+            self.plain[(member, index)] = data
 
 
 def payload(size: int, seed: int = 7) -> bytes:
@@ -66,10 +75,12 @@ def members(package: bytes) -> dict[str, ZipMember]:
     return {m.name: m for m in parse_central_directory(data, directory).members}
 
 
-def reader_for(package: bytes, name: str, **options) -> tuple[MemberReader, MemoryPackage]:
+def reader_for(
+    package: bytes, name: str, *, keeps_plain: bool = False, **options
+) -> tuple[MemberReader, MemoryPackage]:
     member = members(package)[name]
     start = data_offset(package[member.header_offset : member.header_offset + 30], member)
-    memory = MemoryPackage(package)
+    memory = MemoryPackage(package, keeps_plain=keeps_plain)
     return MemberReader(memory, member, start, **options), memory
 
 
@@ -86,10 +97,13 @@ SMALL = {"seek_interval": 16_384, "max_seek_points": 6, "window_bytes": 5_000}
 @given(
     st.sampled_from(sorted(PACKAGES)),
     st.lists(st.tuples(st.integers(0, 320_000), st.integers(0, 70_000)), min_size=1, max_size=12),
+    st.booleans(),
 )
-def test_random_reads_match_zipfile(kind: str, reads: list[tuple[int, int]]) -> None:
+def test_random_reads_match_zipfile(
+    kind: str, reads: list[tuple[int, int]], keeps_plain: bool
+) -> None:
     async def main() -> None:
-        reader, _ = reader_for(PACKAGES[kind], "image.tif", **SMALL)
+        reader, _ = reader_for(PACKAGES[kind], "image.tif", keeps_plain=keeps_plain, **SMALL)
         for offset, size in reads:
             assert await reader.read(offset, size) == DATA[offset : offset + size]
         assert reader.seek_points <= SMALL["max_seek_points"]
@@ -202,3 +216,19 @@ async def test_garbage_deflate_data_is_corrupt() -> None:
     memory.data = memory.data[:start] + b"\xff" * 64 + memory.data[start + 64 :]
     with pytest.raises(CorruptPackageError, match="bad deflate data"):
         await reader.read(0, 100)
+
+
+async def test_inflated_output_is_kept_so_rereads_do_not_inflate() -> None:
+    data = payload(3 * PLAIN_CHUNK + 12_345, seed=3)
+    reader, memory = reader_for(build({"big.tif": data}, zipfile.ZIP_DEFLATED), "big.tif",
+                                keeps_plain=True)  # fmt: skip
+    assert await reader.read(0, len(data)) == data  # read through once
+    assert memory.plain is not None and sorted(i for _, i in memory.plain) == [0, 1, 2, 3]
+    inflated = reader.inflated_bytes
+    spots = [(2_500_000, 700_000), (10, 5), (PLAIN_CHUNK - 3, 10), (3 * PLAIN_CHUNK, 12_345)]
+    for offset, size in spots:
+        assert await reader.read(offset, size) == data[offset : offset + size]
+    assert reader.inflated_bytes == inflated
+    memory.plain.pop((reader.member, 1))  # evicted: inflated again, from a seek point
+    assert await reader.read(PLAIN_CHUNK + 7, 100) == data[PLAIN_CHUNK + 7 : PLAIN_CHUNK + 107]
+    assert inflated < reader.inflated_bytes <= inflated + 2 * PLAIN_CHUNK
