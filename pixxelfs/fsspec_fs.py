@@ -38,13 +38,13 @@ from pixxelfs.catalog.tree import DirectoryNode, SceneNode
 from pixxelfs.config import DEFAULT_API_URL, MountConfig, SharedCacheConfig, read_api_key
 from pixxelfs.fs.scene_files import MemberFile, MemoryFile, PackageDir, lookup_entry, scene_root
 from pixxelfs.fs.scenes import SceneStore
-from pixxelfs.mount import read_paths
+from pixxelfs.mount import PackageParts, block_cache_bytes, package_opener, read_paths
 from pixxelfs.remote.block_cache import BlockCache
 from pixxelfs.remote.member import MemberReader
 from pixxelfs.remote.package import RemotePackage
 from pixxelfs.remote.shared_cache import account_scope, open_shared_store
 from pixxelfs.remote.signed_url import SignedUrlResolver
-from pixxelfs.remote.storage import PackageSource, StorageClient
+from pixxelfs.remote.storage import StorageClient
 from pixxelfs.remote.tiers import BlockTier
 
 API_URL_ENV = "PIXXEL_API_URL"
@@ -105,32 +105,22 @@ class _Core:
 async def _open_core(config: MountConfig) -> AsyncIterator[_Core]:
     """The mount's stack without FUSE: client, storage, shared store, memory cache, catalog."""
     headers = {"User-Agent": f"pixxelfs/{__version__} fsspec"}
+    paths = read_paths(config)
+    cache_bytes, behind = block_cache_bytes(config, paths)
     async with (
         PixxelClient(config.api_url, config.api_key, timeout=config.request_timeout) as api,
         httpx.AsyncClient(headers=headers, timeout=config.request_timeout) as storage_http,
         open_shared_store(
             config.shared_cache, account_scope(config.api_url, config.api_key)
         ) as shared,
-        BlockCache.open(config.memory_cache_size, config.block_size) as cache,
+        BlockCache.open(cache_bytes, config.block_size, write_behind=behind) as cache,
     ):
-        storage = StorageClient(storage_http)
         resolver = SignedUrlResolver(api if shared is None else shared.downloads(api))
         tiers: list[BlockTier] = [] if shared is None else [shared.block_tier(config.block_size)]
-        paths = read_paths(config)
-
         share = None if shared is None else shared.listings(config.metadata_ttl)
         catalog = CatalogService(api, ttl=config.metadata_ttl, share=share)
-        versions = EntryVersions(catalog.current)
-
-        def open_package(catalog_id: str) -> RemotePackage:
-            source = PackageSource(catalog_id, resolver, storage)
-            saved = None
-            if shared is not None:
-                check = PackageSource(catalog_id, resolver, storage, probe_bytes=1)
-                version = versions(catalog_id)
-                saved = shared.package_index(source, version, None, check.size_and_etag)
-            return RemotePackage(source, cache, tiers=tiers, paths=paths, saved=saved)
-
+        parts = PackageParts(resolver, StorageClient(storage_http), cache, tiers, paths)
+        open_package = package_opener(parts, EntryVersions(catalog.current), shared=shared)
         yield _Core(catalog, SceneStore(open_package))
 
 

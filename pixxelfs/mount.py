@@ -12,8 +12,9 @@ import ctypes.util
 import logging
 import re
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -32,10 +33,10 @@ from pixxelfs.fs.scenes import SceneStore
 from pixxelfs.fs.virtual import CombinedVirtualEntries, VirtualEntries
 from pixxelfs.offline import GatedDownloads, OfflineGate, start_catalog
 from pixxelfs.remote.block_cache import BlockCache
-from pixxelfs.remote.disk_cache import open_disk_cache
+from pixxelfs.remote.disk_cache import DiskCache, open_disk_cache
 from pixxelfs.remote.package import RemotePackage
 from pixxelfs.remote.readahead import MemoryBudget, ReadaheadPolicy, ReadPaths
-from pixxelfs.remote.shared_cache import account_scope, open_shared_store
+from pixxelfs.remote.shared_cache import SharedStore, account_scope, open_shared_store
 from pixxelfs.remote.signed_url import SignedUrlResolver
 from pixxelfs.remote.storage import PackageSource, StorageClient
 from pixxelfs.remote.tiers import BlockTier
@@ -110,6 +111,39 @@ def fuse_options(config: MountConfig) -> set[str]:
     return options
 
 
+@dataclass(frozen=True)
+class PackageParts:
+    """What every package of a mount reads through (the FUSE mount and ``pixxel://`` alike)."""
+
+    resolver: SignedUrlResolver
+    storage: StorageClient
+    cache: BlockCache
+    tiers: Sequence[BlockTier]
+    paths: ReadPaths
+
+
+def package_opener(
+    parts: PackageParts,
+    versions: EntryVersions,
+    *,
+    disk: DiskCache | None = None,
+    shared: SharedStore | None = None,
+) -> Callable[[str], RemotePackage]:
+    """How a catalog entry's package is opened: a source pinned on first use, and a ZIP index
+    saved by an earlier mount (disk) or another machine (shared store) when there is one."""
+
+    def open_package(catalog_id: str) -> RemotePackage:
+        source = PackageSource(catalog_id, parts.resolver, parts.storage)
+        version = versions(catalog_id)
+        saved = None if disk is None else disk.saved_index(catalog_id, version)
+        if shared is not None:
+            check = PackageSource(catalog_id, parts.resolver, parts.storage, probe_bytes=1)
+            saved = shared.package_index(source, version, saved, check.size_and_etag)
+        return RemotePackage(source, parts.cache, tiers=parts.tiers, paths=parts.paths, saved=saved)
+
+    return open_package
+
+
 @asynccontextmanager
 async def open_operations(config: MountConfig) -> AsyncIterator[PixxelOperations]:
     """Build the whole read stack and load the catalog once (fail fast on a bad key/URL)."""
@@ -173,17 +207,12 @@ async def open_operations(config: MountConfig) -> AsyncIterator[PixxelOperations
         if shared is not None:  # the last tier: memory -> disk -> shared -> origin
             tiers.append(shared.block_tier(config.block_size))
 
-        versions = EntryVersions(catalog.current)
-
-        def open_package(catalog_id: str) -> RemotePackage:
-            source = PackageSource(catalog_id, resolver, storage)
-            version = versions(catalog_id)
-            saved = None if disk is None else disk.saved_index(catalog_id, version)
-            if shared is not None:
-                check = PackageSource(catalog_id, resolver, storage, probe_bytes=1)
-                saved = shared.package_index(source, version, saved, check.size_and_etag)
-            return RemotePackage(source, cache, tiers=tiers, paths=paths, saved=saved)
-
+        open_package = package_opener(
+            PackageParts(resolver, storage, cache, tiers, paths),
+            EntryVersions(catalog.current),
+            disk=disk,
+            shared=shared,
+        )
         operations = PixxelOperations(
             catalog,
             SceneStore(open_package),
