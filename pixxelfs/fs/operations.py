@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pyfuse3
+from cachetools import LRUCache
 
 from pixxelfs.catalog.service import CatalogService
 from pixxelfs.catalog.tree import DirectoryNode, SceneNode
@@ -38,7 +39,7 @@ from pixxelfs.fs.scene_files import (
     render_metadata,
     scene_root,
 )
-from pixxelfs.fs.scenes import SceneStore
+from pixxelfs.fs.scenes import LoadedScene, SceneStore
 from pixxelfs.fs.virtual import NoVirtualEntries, VirtualEntries
 from pixxelfs.remote.readahead import MemberHandle, ReadaheadPolicy
 
@@ -46,6 +47,11 @@ log = logging.getLogger(__name__)
 
 Path = tuple[str, ...]
 Node = DirectoryNode | SceneNode | SceneEntry
+DirEntries = list[tuple[bytes, pyfuse3.EntryAttributes]]
+
+# Directory listings kept between opendir calls, counted in entries (~260 bytes each, so ~26 MB
+# at most; a 10,000-scene tree has ~19,000).
+LISTING_CACHE_ENTRIES = 100_000
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,15 @@ class Resolved:
     @classmethod
     def of_catalog(cls, node: DirectoryNode | SceneNode) -> Resolved:
         return cls(node, node if isinstance(node, SceneNode) else None, node.mtime)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A directory's entries as readdir answers them, valid while its node and package are."""
+
+    node: Node
+    package: LoadedScene | None
+    entries: DirEntries
 
 
 @dataclass
@@ -128,7 +143,12 @@ class PixxelOperations(pyfuse3.Operations):
         self.gid = os.getgid() if gid is None else gid
         self.inodes = InodeTable()
         self._files: dict[int, OpenFile] = {}
-        self._dirs: dict[int, list[tuple[bytes, pyfuse3.EntryAttributes]]] = {}
+        self._dirs: dict[int, DirEntries] = {}
+        # By directory inode: a catalog refresh or a package reload brings new node objects,
+        # so an identity check is the whole invalidation.
+        self._listings: LRUCache[int, Listing] = LRUCache(
+            LISTING_CACHE_ENTRIES, getsizeof=lambda listing: len(listing.entries) + 1
+        )
         self._next_handle = 1
         # Package identity last served per inode: keep the kernel page cache only while it holds.
         self._served: dict[int, object] = {}
@@ -282,15 +302,31 @@ class PixxelOperations(pyfuse3.Operations):
             ]
         raise pyfuse3.FUSEError(errno.ENOTDIR)
 
+    async def _listing(self, inode: int, path: Path) -> DirEntries:
+        """The directory's entries, built once per catalog tree and package version.
+
+        A warm ``find`` opens thousands of directories; without this each opendir resolved
+        and built every child's attributes again (pyfuse3 cannot let the kernel cache them).
+        """
+        resolved = await self._must_resolve(path)
+        node = resolved.node
+        package = None
+        if isinstance(node, SceneNode):
+            package = await self.scenes.load(node.catalog.id)
+        cached = self._listings.get(inode)
+        if cached is not None and cached.node is node and cached.package is package:
+            return cached.entries
+        entries = [
+            (name.encode("utf-8"), self._attributes(self.inodes.inode((*path, name)), child))
+            for name, child in await self._children(path, resolved)
+        ]
+        self._listings[inode] = Listing(node, package, entries)
+        return entries
+
     async def opendir(self, inode, ctx=None):
         path = self.inodes.path(inode)
         with self._errors("opendir", path):
-            resolved = await self._must_resolve(path)
-            listing = []
-            for name, child in await self._children(path, resolved):
-                child_path = (*path, name)
-                attrs = self._attributes(self.inodes.inode(child_path), child)
-                listing.append((name.encode("utf-8"), attrs))
+            listing = await self._listing(inode, path)
             handle = self._new_handle()
             self._dirs[handle] = listing
             return pyfuse3.FileHandleT(handle)

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import threading
+import time
+import zlib
 from pathlib import Path
 
 import pytest
 
 from pixxelfs.remote.block_cache import BlockKey
 from pixxelfs.remote.disk_cache import (
+    BLOCK_HEADER,
+    PAGE,
+    TOUCH_AFTER_SECONDS,
     BlockStore,
     DiskBlockTier,
     PackageIndexStore,
@@ -55,12 +61,21 @@ def _on_disk(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.name != ".ledger")
 
 
+def _flipped(blob: bytes, at: int) -> bytes:
+    changed = bytearray(blob)
+    changed[at] ^= 0xFF
+    return bytes(changed)
+
+
 def test_block_files_verify_key_length_and_checksum() -> None:
     blob = encode_block("k", b"data")
+    assert len(blob) == 2 * PAGE  # a header page, then the data padded to a page
     assert decode_block("k", blob) == b"data"
     assert decode_block("other", blob) is None
     assert decode_block("k", blob[:-1]) is None
-    assert decode_block("k", blob[:-1] + b"X") is None
+    assert decode_block("k", blob[:PAGE]) is None
+    assert decode_block("k", _flipped(blob, PAGE + 3)) is None
+    assert decode_block("k", _flipped(blob, BLOCK_HEADER.size)) is None  # the key
     assert decode_block("k", b"") is None
 
 
@@ -83,10 +98,8 @@ def test_damaged_files_are_deleted_and_count_as_misses(tmp_path: Path, caplog) -
     for index in range(3):
         assert store.put(*_named(index), _data(index))
     first, second, third = (tmp_path / _named(i)[0] for i in range(3))
-    first.write_bytes(first.read_bytes()[:-10])  # torn
-    blob = bytearray(second.read_bytes())
-    blob[-1] ^= 0xFF  # a flipped bit
-    second.write_bytes(bytes(blob))
+    first.write_bytes(first.read_bytes()[:-PAGE])  # torn
+    second.write_bytes(_flipped(second.read_bytes(), PAGE + BLOCK - 1))  # a flipped data byte
     with caplog.at_level(logging.WARNING):
         assert store.get(*_named(0)) is None
         assert store.get(*_named(1)) is None
@@ -247,3 +260,69 @@ def test_usage_counts_block_files(tmp_path: Path, age: float) -> None:
     held = usage(tmp_path)
     assert held.bytes == _on_disk(tmp_path)
     assert held.blocks == (0 if age == 0 else 1)
+
+
+def test_block_files_are_whole_pages_and_the_ledger_books_their_real_size(tmp_path: Path) -> None:
+    store = _store(tmp_path, 100 * BLOCK)
+    for index in range(3):
+        assert store.put(*_named(index), _data(index))
+        assert store.get(*_named(index)) == _data(index)
+    sizes = [p.stat().st_size for p in tmp_path.glob("*/*.blk")]
+    assert sizes == [2 * PAGE] * 3
+    assert store.held() == sum(sizes)
+    assert len(store._buffers._free) == 1  # one reused aligned buffer, not one per block
+
+
+def test_files_of_the_old_format_are_discarded_not_served(tmp_path: Path) -> None:
+    name, text = _named(0)
+    old = tmp_path / name
+    old.parent.mkdir()
+    key = text.encode()
+    header = BLOCK_HEADER.pack(b"PXFSBLK2", len(key), BLOCK, zlib.crc32(_data(0), zlib.crc32(key)))
+    old.write_bytes(header + key + _data(0))  # format 2: unaligned, otherwise valid
+    store = _store(tmp_path, 100 * BLOCK)
+    assert store.held() == old.stat().st_size
+    assert store.get(name, text) is None
+    assert not old.exists() and store.corrupt == 1 and store.held() == 0
+    assert store.put(name, text, _data(0)) and store.get(name, text) == _data(0)
+
+
+@pytest.mark.parametrize("refusing", ["open", "pwrite"])
+def test_without_o_direct_block_files_use_buffered_io(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog, refusing: str
+) -> None:
+    """tmpfs refuses O_DIRECT at open; some file systems only at the first write."""
+    real = getattr(os, refusing)
+
+    def fake_open(path, flags, *args):
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(path, flags, *args)
+
+    def fake_pwrite(fd, data, offset):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, refusing, fake_open if refusing == "open" else fake_pwrite)
+    with caplog.at_level(logging.INFO, logger="pixxelfs.remote.disk_cache"):
+        store = _store(tmp_path, 100 * BLOCK)
+    assert not store.direct
+    assert len([r for r in caplog.records if "buffered I/O" in r.message]) == 1
+    for index in range(3):
+        assert store.put(*_named(index), _data(index))
+    assert [store.get(*_named(index)) for index in range(3)] == [_data(i) for i in range(3)]
+    assert not list(tmp_path.glob(".probe.*"))
+
+
+def test_a_hit_rewrites_the_mtime_only_when_it_is_old(tmp_path: Path) -> None:
+    store = _store(tmp_path, 100 * BLOCK)
+    store.put(*_named(0), _data(0))
+    path = tmp_path / _named(0)[0]
+    recent = time.time() - TOUCH_AFTER_SECONDS / 2
+    os.utime(path, (recent, recent))
+    assert store.get(*_named(0)) == _data(0)
+    assert path.stat().st_mtime == pytest.approx(recent)
+    os.utime(path, (1000, 1000))
+    assert store.get(*_named(0)) == _data(0)
+    assert path.stat().st_mtime > recent
