@@ -41,10 +41,20 @@ Fetch = Callable[[], Awaitable[bytes]]
 
 @dataclass(frozen=True)
 class BlockKey:
-    """Block ``index`` of one package version (``package`` is its identity tuple)."""
+    """A cached unit of one package version (``package`` is its identity tuple).
+
+    ``unit`` says which: ``()`` is aligned block number ``index``; ``("range", end)`` the exact
+    byte range ``[index, end)`` (a COG tile); ``("plain", member)`` piece ``index`` of a
+    DEFLATED member's inflated output (memory only).
+    """
 
     package: Hashable
     index: int
+    unit: tuple[Hashable, ...] = ()
+
+    @property
+    def is_block(self) -> bool:
+        return not self.unit
 
 
 @dataclass(frozen=True)

@@ -171,7 +171,7 @@ def block_name(key: BlockKey, block_size: int) -> tuple[str, str] | None:
     package = key.package
     if not isinstance(package, tuple) or None in package:
         return None
-    text = json.dumps([*package, block_size, key.index])
+    text = json.dumps([*package, *key.unit, block_size, key.index])
     digest = _digest(text, b"pixxelfs.block", 20)
     return f"{digest[:2]}/{digest[2:]}{SUFFIX}", text
 

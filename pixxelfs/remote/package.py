@@ -145,10 +145,9 @@ class RemotePackage:
     """One package version: cached index, block-cached byte ranges and shared member readers.
 
     ``tiers`` are the cache levels below memory (disk, shared store; see ``tiers``); they see
-    block keys and, for exact ranges, keys whose ``package`` is ``(*identity, "range", end)``
-    and whose ``index`` is the range's start. ``paths`` holds the mount-wide part size, memory
-    budget and counters. Member readers are shared per member so their inflate seek points
-    and parsed GeoTIFF layout are reused by every handle.
+    block keys and exact-range keys (``BlockKey.unit``). ``paths`` holds the mount-wide part
+    size, memory budget and counters. Member readers are shared per member so their inflate
+    seek points and parsed GeoTIFF layout are reused by every handle.
     """
 
     def __init__(
@@ -316,7 +315,7 @@ class RemotePackage:
 
     def _shared(self, run: list[_Unit], *, ahead: bool) -> _SharedRange:
         """One request for the consecutive units of ``run``."""
-        exact = any(unit.key.package != self.source.identity for unit in run)
+        exact = any(not unit.key.is_block for unit in run)
         return _SharedRange(self, run, ahead=ahead, exact=exact)
 
     def _through_tiers(self, unit: _Unit, shared: _SharedRange) -> Fetch:
@@ -400,10 +399,10 @@ class RemotePackage:
         self._cache.put(self._plain_key(member, index), data)
 
     def _plain_key(self, member: ZipMember, index: int) -> BlockKey:
-        return BlockKey((*self.source.identity, "plain", member.header_offset), index)
+        return BlockKey(self.source.identity, index, ("plain", member.header_offset))
 
     def _key(self, index: int) -> BlockKey:
         return BlockKey(self.source.identity, index)
 
     def _range_key(self, start: int, end: int) -> BlockKey:
-        return BlockKey((*self.source.identity, "range", end), start)
+        return BlockKey(self.source.identity, start, ("range", end))

@@ -558,20 +558,20 @@ class SharedBlockTier:
     def key_for(self, key: BlockKey) -> str | None:
         """The store key of a block, or None when its package cannot be shared.
 
-        ``key.package`` is the package identity ``(catalog_id, etag, size)``, optionally
-        followed by what else names the unit (an exact range: ``"range", end``).
+        ``key.package`` is the package identity ``(catalog_id, etag, size)``; ``key.unit``
+        names an exact range (``"range", end``) instead of a block.
         """
         identity = key.package
-        if not (isinstance(identity, tuple) and len(identity) >= 3 and identity[1]):
+        if not (isinstance(identity, tuple) and len(identity) == 3 and identity[1]):
             return None
-        catalog_id, etag, size, *unit = identity
+        catalog_id, etag, size = identity
         package = package_digest(self._store.scope, catalog_id, etag, size)
-        kind = ":".join(map(str, unit)) if unit else str(self.block_size)
+        kind = ":".join(map(str, key.unit)) if key.unit else str(self.block_size)
         return f"{KEY_PREFIX}:b:{package}:{kind}:{key.index}"
 
     async def fetch(self, key: BlockKey, below: Fetch) -> bytes:
         store = self._store
-        stats = store.block_stats if len(key.package) <= 3 else store.range_stats
+        stats = store.block_stats if key.is_block else store.range_stats
         name = self.key_for(key)
         if name is None:
             stats.unshared += 1

@@ -228,6 +228,27 @@ async def test_the_tier_serves_hits_from_disk_and_never_stores_untagged_packages
     assert (tier.hits, tier.misses, tier.writes) == (1, 1, 1)
 
 
+async def test_only_blocks_in_the_index_are_looked_for_on_disk(tmp_path: Path) -> None:
+    """A cold read costs no disk lookup per block; a block stored by an earlier mount (found
+    by the scan at open) and one stored since are looked for, and hit."""
+    earlier = _store(tmp_path, 100 * BLOCK)
+    assert earlier.put(*_named(2), _data(2))
+    store = _store(tmp_path, 100 * BLOCK)  # a new mount: its scan indexes block 2
+    looked: list[str] = []
+    get = store.get
+    store.get = lambda name, text: looked.append(name) or get(name, text)  # type: ignore[method-assign]
+    tier = DiskBlockTier(store, BLOCK)
+
+    async def origin() -> bytes:
+        return _data(1)
+
+    assert await tier.fetch(_key(1), origin) == _data(1)
+    assert looked == []  # not on disk, not looked for
+    assert await tier.fetch(_key(1), origin) == _data(1)
+    assert await tier.fetch(_key(2), origin) == _data(2)
+    assert looked == [_named(1)[0], _named(2)[0]] and tier.hits == 2
+
+
 async def test_saved_indexes_roundtrip_per_entry_version(tmp_path: Path) -> None:
     store = PackageIndexStore(tmp_path)
     member = ZipMember("a/b.tif", 0, 10, 10, 0, 123, None, False)
