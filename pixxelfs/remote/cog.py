@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 HEADER_PROBE = 64 * 1024
@@ -56,10 +57,16 @@ class Level:
     offsets: tuple[int, ...]
     byte_counts: tuple[int, ...]
     is_mask: bool
+    tile_width: int = 0  # 0: strips
 
     @property
     def data_bytes(self) -> int:
         return sum(self.byte_counts)
+
+    @property
+    def tiles_across(self) -> int:
+        """Tiles in one row of the image (a strip is a whole row)."""
+        return -(-self.width // self.tile_width) if self.tile_width > 0 else 1
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,27 @@ class CogLayout:
         if position < 0 or offset >= self.piece_ends[position]:
             return None
         return self.piece_starts[position], self.piece_ends[position]
+
+    def offset_below(self, offset: int) -> int | None:
+        """Where the tile one row below the tile starting at ``offset`` starts (None if that
+        is not a tile's start, or the tile is in the last row)."""
+        found = self._tiles.get(offset)
+        if found is None:
+            return None
+        level = self.levels[found[0]]
+        below = found[1] + level.tiles_across
+        if below < len(level.offsets) and level.byte_counts[below]:
+            return level.offsets[below]
+        return None
+
+    @cached_property
+    def _tiles(self) -> dict[int, tuple[int, int]]:
+        """Tile start -> (level, tile index), built on first use."""
+        return {
+            offset: (number, index)
+            for number, level in enumerate(self.levels)
+            for index, offset in enumerate(level.offsets)
+        }
 
     def overview_ranges(self, max_bytes: int) -> list[tuple[int, int]]:
         """Byte ranges of the smallest overviews (what a viewer draws first), within a budget."""
@@ -121,6 +149,11 @@ class PieceMap:
             return None
         start = self.head_start if piece[0] == 0 else piece[0] + self.base
         return start, piece[1] + self.base
+
+    def piece_below(self, piece: tuple[int, int]) -> tuple[int, int] | None:
+        """The piece of the tile one row below the tile of ``piece`` (package coordinates)."""
+        below = self.layout.offset_below(piece[0] - self.base)
+        return None if below is None else self.piece_at(below + self.base)
 
     def overview_ranges(self, max_bytes: int) -> list[tuple[int, int]]:
         ranges = self.layout.overview_ranges(max_bytes)
@@ -201,7 +234,8 @@ def _level(tags: dict[int, tuple[int, ...]], file_size: int) -> Level | None:
     width = (tags.get(_TAG_WIDTH) or (0,))[0]
     height = (tags.get(_TAG_HEIGHT) or (0,))[0]
     is_mask = bool((tags.get(_TAG_SUBFILE) or (0,))[0] & 4)
-    return Level(width, height, tuple(offsets), tuple(counts), is_mask)
+    tile_width = (tags.get(_TAG_TILE_WIDTH) or (0,))[0]
+    return Level(width, height, tuple(offsets), tuple(counts), is_mask, tile_width)
 
 
 def parse_layout(data: bytes, file_size: int) -> CogLayout | None:

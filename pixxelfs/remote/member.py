@@ -61,7 +61,9 @@ class PackageBytes(Protocol):
         self, offset: int, size: int, *, pieces: PieceMap | None = None, more_pieces: int = 0
     ) -> bytes: ...
 
-    def prefetch(self, offset: int, size: int) -> None: ...
+    def prefetch(
+        self, offset: int, size: int, *, pieces: PieceMap | None = None, more_pieces: int = 0
+    ) -> None: ...
 
     def recall_plain(self, member: ZipMember, index: int) -> bytes | None:
         """Inflated output piece ``index`` (of ``PLAIN_CHUNK`` bytes) if cached."""
@@ -138,6 +140,16 @@ class MemberReader:
         if self.pieces is None or self.member.method != STORED:
             return None
         return self.pieces.piece_at(self.data_start + offset)
+
+    def piece_below(self, piece: tuple[int, int]) -> tuple[int, int] | None:
+        """The piece of the tile one row below ``piece``'s tile (None: not a tile, last row)."""
+        return None if self.pieces is None else self.pieces.piece_below(piece)
+
+    def prefetch_run(self, piece: tuple[int, int], count: int) -> None:
+        """Fetch ``count`` adjacent pieces from ``piece`` on, in the background (one request)."""
+        if self.pieces is not None:
+            size = piece[1] - piece[0]
+            self._package.prefetch(piece[0], size, pieces=self.pieces, more_pieces=count - 1)
 
     async def read(
         self, offset: int, size: int, *, exact: bool = False, more_pieces: int = 0

@@ -237,15 +237,21 @@ class RemotePackage:
             parts.append(data[start - unit.start : stop - unit.start])
         return b"".join(parts)
 
-    def prefetch(self, offset: int, size: int, *, pieces: Pieces | None = None) -> None:
-        """Start fetching ``[offset, offset + size)`` in parts, without waiting (a hint)."""
+    def prefetch(
+        self, offset: int, size: int, *, pieces: Pieces | None = None, more_pieces: int = 0
+    ) -> None:
+        """Start fetching ``[offset, offset + size)`` in parts, without waiting (a hint);
+        ``more_pieces`` as for :meth:`read`."""
         info = self.source.info
         if info is None or size <= 0:
             return
         end = min(offset + size, info.size)
         if offset < end:
-            segments = self._plan(offset, end, info.size, pieces)
-            for key, fetch in self._fetchers([u for u, _, _ in segments], ahead=True).items():
+            units = [unit for unit, _, _ in self._plan(offset, end, info.size, pieces)]
+            following = self._following(units[-1].end, more_pieces, pieces, offset)
+            limit = self.paths.part_size * (2 if following else 1)
+            fetchers = self._fetchers(units + following, ahead=True, limit=limit)
+            for key, fetch in fetchers.items():
                 self._cache.prefetch(key, fetch)
 
     def _plan(

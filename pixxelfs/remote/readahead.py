@@ -159,16 +159,19 @@ class PieceRuns:
         self._lengths: deque[int] = deque(maxlen=history)
         self._start = self._end = -1  # the current run's extent
         self._count = 0  # pieces in the current run
+        self.started = False  # whether the last observed read started a run
 
     def observe(self, start: int, end: int) -> int:
         """A read inside the piece ``[start, end)``: how many following pieces to fetch with it
         (only at the start of a run, once earlier runs are known)."""
+        self.started = False
         if self._start <= start < self._end:
             return 0  # the same run (the kernel's reads of one tile may come out of order)
         if start == self._end:
             self._end = end
             self._count += 1
             return 0
+        self.started = True
         if self._count:
             self._counts.append(self._count)
             self._lengths.append(self._end - self._start)
@@ -267,6 +270,10 @@ class HandleReader(Protocol):
 
     def piece_at(self, offset: int) -> tuple[int, int] | None: ...
 
+    def piece_below(self, piece: tuple[int, int]) -> tuple[int, int] | None: ...
+
+    def prefetch_run(self, piece: tuple[int, int], count: int) -> None: ...
+
 
 class MemberHandle:
     """One open file: its access pattern decides between the streaming and the exact path."""
@@ -275,6 +282,9 @@ class MemberHandle:
         self.reader = reader
         self.pattern = AccessPattern(policy, reader.size, tiled=reader.piece_at(0) is not None)
         self.runs = PieceRuns()
+        self._below: tuple[int, int] | None = None  # the tile below the last run's first tile
+        self._stacked: deque[bool] = deque(maxlen=8)  # recent runs: right below the one before?
+        self.rows_ahead = 0
 
     async def read(self, offset: int, size: int) -> bytes:
         advice = self.pattern.observe(offset, size)
@@ -287,7 +297,25 @@ class MemberHandle:
         if piece is not None:
             more = self.runs.observe(*piece)
             self.pattern.tile_run = self.runs.typical_bytes
+            if self.runs.started:
+                self._row_below(piece, more + 1)
         return await self.reader.read(offset, size, exact=True, more_pieces=more)
 
+    def _row_below(self, piece: tuple[int, int], count: int) -> None:
+        """GDAL reads a window's rows of tiles one after the other: when this handle's runs
+        often start right below the run before, fetch the row below this one now, over
+        another connection, instead of after this row has arrived."""
+        stacked = piece == self._below
+        self._stacked.append(stacked)
+        self._below = self.reader.piece_below(piece)
+        if stacked or self._below is None or 4 * sum(self._stacked) < len(self._stacked):
+            return
+        self.rows_ahead += 1
+        self.reader.prefetch_run(self._below, count)
+
     def stats(self) -> dict[str, int | bool]:
-        return {**self.pattern.stats(), "tile_run": self.pattern.tile_run}
+        return {
+            **self.pattern.stats(),
+            "tile_run": self.pattern.tile_run,
+            "rows_ahead": self.rows_ahead,
+        }

@@ -223,3 +223,33 @@ async def test_tiles_already_cached_as_blocks_cost_no_request(
         got = await reader.read(offset, count, exact=True, more_pieces=1)
         assert got == cog[offset : offset + count]
     assert len(server.requests) == before
+
+
+async def test_the_row_below_is_fetched_with_the_row_once_windows_stack(
+    cog: bytes, cache: BlockCache
+) -> None:
+    """Windows of 2 x 2 tiles: GDAL reads the lower row right after the upper one. Once the
+    handle has seen that, the lower row is fetched (one request) while the upper one is."""
+    server = ObjectServer(stored_zip("scene/image.tif", cog))
+    source, _ = make_source(server, probe_bytes=4096)
+    remote = RemotePackage(source, cache)
+    reader = await remote.open_member((await remote.index()).members[0])
+    await trio.testing.wait_all_tasks_blocked()
+    handle = MemberHandle(reader, ReadaheadPolicy(tolerance=16 * 1024))
+    full = reader.pieces.layout.levels[0]
+    assert full.tiles_across == 4
+    requests = []
+    # Windows that share no tile, and never start where the previous one ended in the file.
+    for row, column in [(0, 0), (2, 2), (2, 0), (0, 2)]:
+        counts = []
+        for upper in (row, row + 1):
+            before = len(server.requests)
+            for tile in (upper * 4 + column, upper * 4 + column + 1):
+                offset, count = full.offsets[tile], full.byte_counts[tile]
+                assert await handle.read(offset, count) == cog[offset : offset + count]
+            await trio.testing.wait_all_tasks_blocked()
+            counts.append(len(server.requests) - before)
+        requests.append(counts)
+    # First window: nothing known (2 requests for its upper row, 1 for the lower one).
+    assert requests == [[2, 1], [2, 0], [2, 0], [2, 0]]
+    assert handle.stats()["rows_ahead"] == 3

@@ -40,7 +40,7 @@ class MemoryPackage:
         await trio.lowlevel.checkpoint()
         return self.data[offset : offset + size]
 
-    def prefetch(self, offset: int, size: int) -> None:
+    def prefetch(self, offset: int, size: int, **_pieces: object) -> None:
         self.prefetched.append((offset, size))
 
     def recall_plain(self, member: ZipMember, index: int) -> bytes | None:
