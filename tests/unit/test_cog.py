@@ -20,6 +20,7 @@ from rasterio.crs import CRS
 
 from pixxelfs.remote.block_cache import BlockCache
 from pixxelfs.remote.cog import HEADER_PROBE, NeedMoreBytes, parse_layout
+from pixxelfs.remote.member import MemberReader
 from pixxelfs.remote.package import RemotePackage
 from pixxelfs.remote.readahead import MemberHandle, ReadaheadPolicy
 from tests.unit.test_remote_storage import ObjectServer, make_source
@@ -142,6 +143,17 @@ def ranges_of(server: ObjectServer, skip: int) -> list[tuple[int, int]]:
     return out
 
 
+async def opened_cog(cog: bytes, cache: BlockCache) -> tuple[ObjectServer, MemberReader]:
+    """A package holding ``cog``, served with request logging, and its opened reader (the
+    overview prefetch done)."""
+    server = ObjectServer(stored_zip("scene/image.tif", cog))
+    source, _ = make_source(server, probe_bytes=4096)
+    remote = RemotePackage(source, cache)
+    reader = await remote.open_member((await remote.index()).members[0])
+    await trio.testing.wait_all_tasks_blocked()
+    return server, reader
+
+
 async def test_random_reads_fetch_whole_tiles_once(cog: bytes, cache: BlockCache) -> None:
     package = stored_zip("scene/image.tif", cog)
     server = ObjectServer(package)
@@ -178,11 +190,7 @@ async def test_random_reads_fetch_whole_tiles_once(cog: bytes, cache: BlockCache
 async def test_rows_of_tiles_are_fetched_one_row_per_request(cog: bytes, cache: BlockCache) -> None:
     """GDAL reads a window's tiles row by row; once a handle's rows are known to hold two
     adjacent tiles, each new row costs one request (as GDAL's own merged range)."""
-    server = ObjectServer(stored_zip("scene/image.tif", cog))
-    source, _ = make_source(server, probe_bytes=4096)
-    remote = RemotePackage(source, cache)
-    reader = await remote.open_member((await remote.index()).members[0])
-    await trio.testing.wait_all_tasks_blocked()
+    server, reader = await opened_cog(cog, cache)
     # Tiles of 256 KiB here: a small tolerance stands in for the 4 MiB tiles of real scenes.
     handle = MemberHandle(reader, ReadaheadPolicy(tolerance=16 * 1024))
     full = reader.pieces.layout.levels[0]
@@ -210,11 +218,7 @@ async def test_tiles_already_cached_as_blocks_cost_no_request(
 ) -> None:
     """After a sequential read (``cp``, ``prefetch``) cached the member as blocks, a GIS
     reader's tile reads are served from those blocks, not fetched again as exact ranges."""
-    server = ObjectServer(stored_zip("scene/image.tif", cog))
-    source, _ = make_source(server, probe_bytes=4096)
-    remote = RemotePackage(source, cache)
-    reader = await remote.open_member((await remote.index()).members[0])
-    await trio.testing.wait_all_tasks_blocked()
+    server, reader = await opened_cog(cog, cache)
     assert await reader.read(0, len(cog)) == cog  # the streaming path: blocks
     before = len(server.requests)
     full = reader.pieces.layout.levels[0]
@@ -230,11 +234,7 @@ async def test_the_row_below_is_fetched_with_the_row_once_windows_stack(
 ) -> None:
     """Windows of 2 x 2 tiles: GDAL reads the lower row right after the upper one. Once the
     handle has seen that, the lower row is fetched (one request) while the upper one is."""
-    server = ObjectServer(stored_zip("scene/image.tif", cog))
-    source, _ = make_source(server, probe_bytes=4096)
-    remote = RemotePackage(source, cache)
-    reader = await remote.open_member((await remote.index()).members[0])
-    await trio.testing.wait_all_tasks_blocked()
+    server, reader = await opened_cog(cog, cache)
     handle = MemberHandle(reader, ReadaheadPolicy(tolerance=16 * 1024))
     full = reader.pieces.layout.levels[0]
     assert full.tiles_across == 4
