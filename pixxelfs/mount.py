@@ -228,6 +228,7 @@ async def open_operations(config: MountConfig) -> AsyncIterator[PixxelOperations
         if disk is not None:
             stats.add("disk_cache", disk.stats)
         stats.add("storage", mount_stats.storage(storage, resolver))
+        stats.add("read_paths", paths.stats)
         stats.add("api", mount_stats.api(api))
         stats.add("catalog", mount_stats.catalog(catalog))
         stats.add("connectivity", gate.stats)

@@ -149,7 +149,8 @@ def test_stats_file_is_hidden_read_only_and_fresh_on_every_open(
     unmount(m)
     assert after["storage"]["bytes_fetched"] > before["storage"]["bytes_fetched"]
     assert after["disk_cache"]["writes"] > 0
-    assert {"memory_cache", "disk_cache", "storage", "api", "errors"} <= set(after)
+    assert {"memory_cache", "disk_cache", "storage", "read_paths", "api", "errors"} <= set(after)
+    assert after["read_paths"]["parts"] > before["read_paths"]["parts"]
     assert json.loads(printed.stdout)["disk_cache"]["writes"] >= after["disk_cache"]["writes"]
 
 
