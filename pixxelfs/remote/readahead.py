@@ -22,7 +22,8 @@ that budget out of the memory cache's size (``mount.block_cache_bytes``).
 average read, in units of file-format pieces (COG tiles): GDAL reads the tiles of one window
 row after row, each row a run of tiles that lie next to each other in the file, one read after
 the other. At the start of a run, the handle fetches as many adjacent pieces as its recent runs
-held, in one request, as GDAL's own ``/vsicurl/`` merges a row's tiles.
+held, in one request, as GDAL's own ``/vsicurl/`` merges a row's tiles; and when its runs tend
+to start one tile row below the run before (the rows of one window), the row below too.
 
 :class:`MemberHandle` is the per-handle object the filesystem keeps: pattern plus reader.
 """
@@ -302,9 +303,9 @@ class MemberHandle:
         return await self.reader.read(offset, size, exact=True, more_pieces=more)
 
     def _row_below(self, piece: tuple[int, int], count: int) -> None:
-        """GDAL reads a window's rows of tiles one after the other: when this handle's runs
-        often start right below the run before, fetch the row below this one now, over
-        another connection, instead of after this row has arrived."""
+        """GDAL reads a window's rows of tiles one after the other: when at least a quarter of
+        this handle's recent runs started right below the run before, fetch the row below this
+        one now, over another connection, instead of after this row has arrived."""
         stacked = piece == self._below
         self._stacked.append(stacked)
         self._below = self.reader.piece_below(piece)
