@@ -184,6 +184,10 @@ class BlockCache:
         """Keep bytes made here rather than fetched (a DEFLATED member's inflated output)."""
         self._store(key, data)
 
+    def discard(self, key: BlockKey) -> None:
+        """Forget ``key``'s bytes (kept bytes found to be wrong)."""
+        self._blocks.pop(key, None)
+
     def deliver(self, key: BlockKey, data: bytes) -> None:
         """Hand ``key``'s block to its waiters and the LRU now, before its fetch returns."""
         flight = self._flights.get(key)

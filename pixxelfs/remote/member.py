@@ -71,6 +71,10 @@ class PackageBytes(Protocol):
 
     def keep_plain(self, member: ZipMember, index: int, data: bytes) -> None: ...
 
+    def forget_plain(self, member: ZipMember) -> None:
+        """Drop every kept piece of ``member``'s output (it failed its checks)."""
+        ...
+
 
 @dataclass
 class _Cursor:
@@ -180,6 +184,8 @@ class MemberReader:
                 return await self._read_deflated(offset, end)
             except CorruptPackageError as exc:
                 self._poisoned = exc
+                # Output kept before the CRC-32 could be checked must not outlive this reader.
+                self._package.forget_plain(self.member)
                 raise
 
     def prefetch(self, offset: int, size: int) -> None:

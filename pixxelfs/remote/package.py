@@ -23,7 +23,7 @@ from cachetools import LRUCache
 from pixxelfs.errors import CorruptPackageError, StorageError
 from pixxelfs.remote.block_cache import BlockCache, BlockKey, Fetch
 from pixxelfs.remote.cog import HEADER_PROBE, NeedMoreBytes, PieceMap, Pieces, parse_layout
-from pixxelfs.remote.member import MemberReader
+from pixxelfs.remote.member import PLAIN_CHUNK, MemberReader
 from pixxelfs.remote.readahead import ReadPaths
 from pixxelfs.remote.storage import DEFAULT_PROBE_BYTES, ObjectInfo, PackageSource
 from pixxelfs.remote.tiers import BlockTier, chain
@@ -403,6 +403,10 @@ class RemotePackage:
 
     def keep_plain(self, member: ZipMember, index: int, data: bytes) -> None:
         self._cache.put(self._plain_key(member, index), data)
+
+    def forget_plain(self, member: ZipMember) -> None:
+        for index in range(-(-member.size // PLAIN_CHUNK)):
+            self._cache.discard(self._plain_key(member, index))
 
     def _plain_key(self, member: ZipMember, index: int) -> BlockKey:
         return BlockKey(self.source.identity, index, ("plain", member.header_offset))

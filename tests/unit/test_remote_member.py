@@ -50,6 +50,10 @@ class MemoryPackage:
         if self.plain is not None:
             self.plain[(member, index)] = data
 
+    def forget_plain(self, member: ZipMember) -> None:
+        if self.plain is not None:
+            self.plain = {key: data for key, data in self.plain.items() if key[0] != member}
+
 
 def payload(size: int, seed: int = 7) -> bytes:
     """Compressible but not trivial: random words from a small vocabulary."""
@@ -190,6 +194,17 @@ async def test_crc_mismatch_is_detected_at_the_end_and_poisons_the_reader() -> N
         await reader.read(len(DATA) - 10, 10)
     with pytest.raises(CorruptPackageError, match="CRC-32"):
         await reader.read(0, 10)
+
+
+async def test_output_of_a_member_that_fails_its_crc_is_not_kept() -> None:
+    package = with_central_crc(PACKAGES["deflated"], "image.tif", 0x12345678)
+    reader, memory = reader_for(package, "image.tif", keeps_plain=True)
+    with pytest.raises(CorruptPackageError, match="CRC-32"):
+        await reader.read(0, len(DATA))
+    assert memory.plain == {}  # a new reader (the old one evicted) cannot be handed it
+    again = MemberReader(memory, reader.member, reader.data_start)
+    with pytest.raises(CorruptPackageError, match="CRC-32"):
+        await again.read(0, len(DATA))
 
 
 async def test_declared_size_larger_than_the_stream_is_corrupt() -> None:
