@@ -217,9 +217,7 @@ class RemotePackage:
             return b""
         segments = self._plan(offset, end, total, pieces)
         units = [unit for unit, _, _ in segments]
-        following = self._following(units[-1].end, more_pieces, pieces, offset)
-        limit = self.paths.part_size * (2 if following else 1)
-        fetchers = self._fetchers(units + following, ahead=False, limit=limit)
+        fetchers = self._fetchers_with_row(units, offset, pieces, more_pieces, ahead=False)
         for key, fetch in fetchers.items():
             if key != units[0].key:  # that one is started by get()
                 self._cache.prefetch(key, fetch)
@@ -248,9 +246,7 @@ class RemotePackage:
         end = min(offset + size, info.size)
         if offset < end:
             units = [unit for unit, _, _ in self._plan(offset, end, info.size, pieces)]
-            following = self._following(units[-1].end, more_pieces, pieces, offset)
-            limit = self.paths.part_size * (2 if following else 1)
-            fetchers = self._fetchers(units + following, ahead=True, limit=limit)
+            fetchers = self._fetchers_with_row(units, offset, pieces, more_pieces, ahead=True)
             for key, fetch in fetchers.items():
                 self._cache.prefetch(key, fetch)
 
@@ -280,6 +276,21 @@ class RemotePackage:
             return False
         first, last = start // self.block_size, (end - 1) // self.block_size
         return all(self._cache.known(self._key(index)) for index in range(first, last + 1))
+
+    def _fetchers_with_row(
+        self,
+        units: list[_Unit],
+        read_start: int,
+        pieces: Pieces | None,
+        more_pieces: int,
+        *,
+        ahead: bool,
+    ) -> dict[BlockKey, Fetch]:
+        """Fetchers for ``units`` and up to ``more_pieces`` pieces after them (the rest of a
+        row of tiles); with such pieces a request may span two parts."""
+        following = self._following(units[-1].end, more_pieces, pieces, read_start)
+        limit = self.paths.part_size * (2 if following else 1)
+        return self._fetchers(units + following, ahead=ahead, limit=limit)
 
     def _following(
         self, position: int, count: int, pieces: Pieces | None, read_start: int

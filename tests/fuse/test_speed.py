@@ -13,6 +13,7 @@ import random
 import shutil
 import zipfile
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -24,19 +25,26 @@ from tests.fuse.util import Mount, mount, require_fuse, unmounted_after
 MIB = 1 << 20
 
 
+def _one_scene(
+    tmp_path_factory, name: str, *, seed: int, size: int, bands: int
+) -> AbstractContextManager[Emulator]:
+    """An emulator with one scene whose reflectance GeoTIFF (size x size x bands) is STORED."""
+    config = EmulatorConfig(
+        seed=seed,
+        scenes=1,
+        width=size,
+        height=size,
+        bands=bands,
+        compression="stored",
+        data_dir=tmp_path_factory.mktemp(name),
+    )
+    return running_emulator(config)
+
+
 @pytest.fixture(scope="module")
 def big_emulator(tmp_path_factory) -> Iterator[Emulator]:
     """One scene whose reflectance GeoTIFF is a 16 MiB STORED member (1024 x 1024 x 8)."""
-    config = EmulatorConfig(
-        seed=4,
-        scenes=1,
-        width=1024,
-        height=1024,
-        bands=8,
-        compression="stored",
-        data_dir=tmp_path_factory.mktemp("speed-data"),
-    )
-    with running_emulator(config) as emu:
+    with _one_scene(tmp_path_factory, "speed-data", seed=4, size=1024, bands=8) as emu:
         yield emu
 
 
@@ -125,16 +133,7 @@ def test_stub_reads_return_zeros_without_storage(big_emulator, tmp_path) -> None
 def wide_emulator(tmp_path_factory) -> Iterator[Emulator]:
     """One scene with a 128 MiB GeoTIFF of 2 MiB tiles, 8 to a row (2048 x 2048 x 16): a row
     of tiles is 16 MiB, so moving to the next row is a seek, as in real scenes."""
-    config = EmulatorConfig(
-        seed=6,
-        scenes=1,
-        width=2048,
-        height=2048,
-        bands=16,
-        compression="stored",
-        data_dir=tmp_path_factory.mktemp("wide-data"),
-    )
-    with running_emulator(config) as emu:
+    with _one_scene(tmp_path_factory, "wide-data", seed=6, size=2048, bands=16) as emu:
         yield emu
 
 
