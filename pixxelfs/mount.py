@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import re
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -264,16 +265,28 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         log.debug("could not limit malloc arenas")
 
 
+async def _when_answering(config: MountConfig, on_ready: Callable[[], None]) -> None:
+    """Once the kernel has handled FUSE INIT: raise the readahead, then report ready.
+
+    The kernel caps the mount's readahead at what its INIT offered (its 128 KiB default) when
+    the answer to INIT arrives, in ``pyfuse3.main``: a value written before that is silently
+    undone. A stat of the mount returns only after INIT, and proves that the mount answers.
+    """
+    await trio.to_thread.run_sync(os.stat, config.mountpoint, abandon_on_cancel=True)
+    raise_read_ahead(config.mountpoint, config.read_ahead_kb)
+    log.info("mounted %s (api %s)", config.mountpoint, config.api_url)
+    on_ready()
+
+
 async def serve(config: MountConfig, on_ready: Callable[[], None] = lambda: None) -> None:
-    """Mount, call ``on_ready``, serve until unmounted or signalled, then release the mount."""
+    """Mount, call ``on_ready`` once the mount answers, serve until unmounted or signalled,
+    then release the mount."""
     limit_malloc_arenas()
     async with open_operations(config) as operations, trio.open_nursery() as nursery:
         await nursery.start(_terminate_on_signals)
         pyfuse3.init(operations, str(config.mountpoint), fuse_options(config))
         try:
-            raise_read_ahead(config.mountpoint, config.read_ahead_kb)
-            log.info("mounted %s (api %s)", config.mountpoint, config.api_url)
-            on_ready()
+            nursery.start_soon(_when_answering, config, on_ready)
             await pyfuse3.main()
         finally:
             pyfuse3.close(unmount=True)

@@ -11,6 +11,10 @@ are larger); :func:`parse_layout` turns them into a :class:`CogLayout`:
   per tile (or strip) that also takes the few bytes up to the next tile (GDAL's 4-byte tile
   leaders and trailers live there), never more than ``PIECE_SLACK`` beyond the tile.
   Bytes outside every piece are read as plain blocks.
+- the kernel reads whole pages (or larger folios), so its read for a tile begins up to a page
+  before the tile, in the end of the tile in front of it: a read that touches no more than
+  ``EDGE`` bytes at the end of one piece and runs on is for the next piece (:func:`grazes`);
+  fetching the grazed piece whole would fetch a tile nobody asked for.
 
 Parsing is defensive: anything that is not a well-formed TIFF gives ``None`` (the member is
 then read in blocks), never an exception, and every count and offset is bounds-checked. Classic
@@ -28,6 +32,8 @@ from typing import Protocol
 HEADER_PROBE = 64 * 1024
 # At most this many bytes after a tile's end still belong to its piece (leaders, trailers).
 PIECE_SLACK = 64
+# A read that starts at most this far before a piece's end and runs on only grazes that piece.
+EDGE = 16 * 1024
 _MAX_IFDS = 64
 _MAX_ENTRIES = 4096
 
@@ -129,6 +135,12 @@ class Pieces(Protocol):
     def piece_at(self, offset: int) -> tuple[int, int] | None: ...
 
 
+def grazes(piece: tuple[int, int], start: int, end: int) -> bool:
+    """Whether a read of ``[start, end)`` only touches the last ``EDGE`` bytes of ``piece``
+    on its way to what follows (the page the kernel reads in front of the next tile)."""
+    return piece[0] < start and piece[1] < end and piece[1] - start <= EDGE
+
+
 class PieceMap:
     """A member's pieces in package coordinates (the member's data starts at ``base``).
 
@@ -149,6 +161,14 @@ class PieceMap:
             return None
         start = self.head_start if piece[0] == 0 else piece[0] + self.base
         return start, piece[1] + self.base
+
+    def piece_read(self, start: int, end: int) -> tuple[int, int] | None:
+        """The piece a read of ``[start, end)`` is for: the one it starts in, or the next
+        when it only grazes that one's end."""
+        piece = self.piece_at(start)
+        if piece is not None and grazes(piece, start, end):
+            return self.piece_at(piece[1]) or piece
+        return piece
 
     def piece_below(self, piece: tuple[int, int]) -> tuple[int, int] | None:
         """The piece of the tile one row below the tile of ``piece`` (package coordinates)."""

@@ -138,22 +138,28 @@ class MemberReader:
     def seek_points(self) -> int:
         return len(self._points)
 
-    def piece_at(self, offset: int) -> tuple[int, int] | None:
-        """The GeoTIFF piece (tile) holding member byte ``offset``, in package coordinates
-        (only compared with each other), or None when reads there are plain blocks."""
+    def piece_at(self, offset: int, size: int = 0) -> tuple[int, int] | None:
+        """The GeoTIFF piece (tile) a read of ``size`` bytes at member ``offset`` is for, in
+        package coordinates (only compared with each other), or None when reads there are
+        plain blocks. A read that only grazes a tile's end is for the next tile."""
         if self.pieces is None or self.member.method != STORED:
             return None
-        return self.pieces.piece_at(self.data_start + offset)
+        start = self.data_start + offset
+        return self.pieces.piece_read(start, start + size)
 
     def piece_below(self, piece: tuple[int, int]) -> tuple[int, int] | None:
         """The piece of the tile one row below ``piece``'s tile (None: not a tile, last row)."""
         return None if self.pieces is None else self.pieces.piece_below(piece)
 
     def prefetch_run(self, piece: tuple[int, int], count: int) -> None:
-        """Fetch ``count`` adjacent pieces from ``piece`` on, in the background (one request)."""
+        """Fetch ``count`` adjacent pieces from ``piece`` on, in the background (one request),
+        with the end of the piece in front: the kernel reads the first tile from the page
+        before it (see ``cog.grazes``)."""
         if self.pieces is not None:
-            size = piece[1] - piece[0]
-            self._package.prefetch(piece[0], size, pieces=self.pieces, more_pieces=count - 1)
+            start = max(piece[0] - 1, self.data_start)
+            self._package.prefetch(
+                start, piece[1] - start, pieces=self.pieces, more_pieces=count - 1
+            )
 
     async def read(
         self, offset: int, size: int, *, exact: bool = False, more_pieces: int = 0

@@ -22,7 +22,15 @@ from cachetools import LRUCache
 
 from pixxelfs.errors import CorruptPackageError, StorageError
 from pixxelfs.remote.block_cache import BlockCache, BlockKey, Fetch
-from pixxelfs.remote.cog import HEADER_PROBE, NeedMoreBytes, PieceMap, Pieces, parse_layout
+from pixxelfs.remote.cog import (
+    EDGE,
+    HEADER_PROBE,
+    NeedMoreBytes,
+    PieceMap,
+    Pieces,
+    grazes,
+    parse_layout,
+)
 from pixxelfs.remote.member import PLAIN_CHUNK, MemberReader
 from pixxelfs.remote.readahead import ReadPaths
 from pixxelfs.remote.storage import DEFAULT_PROBE_BYTES, ObjectInfo, PackageSource
@@ -259,6 +267,8 @@ class RemotePackage:
         while position < end:
             piece = pieces.piece_at(position) if pieces is not None else None
             if piece is not None and not self._in_blocks(*piece):
+                if grazes(piece, position, end) and not self._cache.known(self._range_key(*piece)):
+                    piece = (max(piece[0], piece[1] - EDGE), piece[1])  # its end, not the tile
                 unit = _Unit(self._range_key(*piece), *piece)
             else:
                 index = position // self.block_size

@@ -269,7 +269,7 @@ class HandleReader(Protocol):
 
     def prefetch(self, offset: int, size: int) -> None: ...
 
-    def piece_at(self, offset: int) -> tuple[int, int] | None: ...
+    def piece_at(self, offset: int, size: int = 0) -> tuple[int, int] | None: ...
 
     def piece_below(self, piece: tuple[int, int]) -> tuple[int, int] | None: ...
 
@@ -293,7 +293,7 @@ class MemberHandle:
             self.reader.prefetch(advice.ahead_start, advice.ahead_size)
         if advice.streaming:
             return await self.reader.read(offset, size)
-        piece = self.reader.piece_at(offset)
+        piece = self.reader.piece_at(offset, size)
         more = 0
         if piece is not None:
             more = self.runs.observe(*piece)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from pixxelfs.emulator import Emulator, EmulatorConfig, running_emulator
-from pixxelfs.remote.cog import HEADER_PROBE, parse_layout
+from pixxelfs.remote.cog import EDGE, HEADER_PROBE, parse_layout
 from tests.fuse.util import Mount, mount, require_fuse, unmounted_after
 
 MIB = 1 << 20
@@ -110,12 +110,28 @@ def test_random_reads_fetch_whole_tiles(big_emulator, tmp_path) -> None:
     # Leave out the open's background prefetch of the overviews (they precede full resolution).
     fetched = [(first, end) for first, end in fetched if end > min(full.offsets)]
     assert len(fetched) <= len(tiles)
-    # Each request is whole pieces (a page-aligned kernel read may take the previous tile too).
+    # Each request is whole pieces, perhaps after the end of the piece in front (a page-aligned
+    # kernel read starts there), never that whole piece.
     for first, end in fetched:
-        assert layout.piece_at(first)[0] == first and layout.piece_at(end - 1)[1] == end
+        before = layout.piece_at(first)
+        assert first == before[0] or before[1] - first <= EDGE
+        assert layout.piece_at(end - 1)[1] == end
+    wanted = [layout.piece_at(full.offsets[tile]) for tile in tiles]
+    assert sum(end - first for first, end in fetched) <= sum(b - a + EDGE for a, b in wanted)
     for tile in tiles:
         piece = layout.piece_at(full.offsets[tile])
         assert any(first <= piece[0] and piece[1] <= end for first, end in fetched)
+
+
+def test_the_kernel_readahead_stays_raised_once_the_mount_answers(big_emulator, tmp_path) -> None:
+    """The kernel caps a FUSE mount's readahead when the answer to INIT arrives: raised
+    before that, it fell back to 128 KiB and every read reached the daemon in 128 KiB pieces."""
+    if os.geteuid() != 0:
+        pytest.skip("raising a mount's readahead needs root")
+    with unmounted_after(_mounted(big_emulator, tmp_path), clean_log=True) as m:
+        device = os.stat(m.mountpoint).st_dev
+        bdi = Path("/sys/class/bdi") / f"{os.major(device)}:{os.minor(device)}"
+        assert (bdi / "read_ahead_kb").read_text().strip() == "1024"
 
 
 def test_stub_reads_return_zeros_without_storage(big_emulator, tmp_path) -> None:
@@ -153,6 +169,7 @@ def test_gis_windows_read_rows_of_tiles_per_request(wide_emulator, tmp_path) -> 
     }
     with rasterio.open(f"/vsizip/{package}/{name}") as original:
         expected = [original.read(1, window=w) for w in windows]
+        tile_bytes = original.block_size(1, 0, 0)  # pixel-interleaved: every band's pixels
     with unmounted_after(_mounted(wide_emulator, tmp_path), clean_log=True) as m:
         path = _geotiff(m)
         with rasterio.open(path) as src:
@@ -162,9 +179,12 @@ def test_gis_windows_read_rows_of_tiles_per_request(wide_emulator, tmp_path) -> 
         gets = wide_emulator.stats()["storage_gets"]
     assert all((a == b).all() for a, b in zip(got, expected, strict=True))
     sizes = [g["end"] + 1 - g["start"] for g in gets]
-    # Rows of tiles merged: 23 requests for 38 tiles here; one per tile or more (44) without.
-    assert len(sizes) <= len(tiles) * 3 // 4
+    # Rows of tiles merged: 31 requests for 38 tiles here; one per tile or more (44) without.
+    assert len(sizes) <= len(tiles) * 85 // 100
     assert max(sizes) <= 16 * MIB + 4096  # never more than a row of a few tiles at once
+    # The page the kernel reads in front of a row's first tile does not fetch the tile it ends
+    # (113 MB for 80 MB of tiles here; 123 MB when it did).
+    assert sum(sizes) <= 3 * len(tiles) * tile_bytes // 2
 
 
 def _spanned(offset: int, size: int = 256, tile: int = 256) -> range:

@@ -19,7 +19,7 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from pixxelfs.remote.block_cache import BlockCache
-from pixxelfs.remote.cog import HEADER_PROBE, NeedMoreBytes, parse_layout
+from pixxelfs.remote.cog import EDGE, HEADER_PROBE, NeedMoreBytes, PieceMap, parse_layout
 from pixxelfs.remote.member import MemberReader
 from pixxelfs.remote.package import RemotePackage
 from pixxelfs.remote.readahead import MemberHandle, ReadaheadPolicy
@@ -253,3 +253,37 @@ async def test_the_row_below_is_fetched_with_the_row_once_windows_stack(
     # First window: nothing known (2 requests for its upper row, 1 for the lower one).
     assert requests == [[2, 1], [2, 0], [2, 0], [2, 0]]
     assert handle.stats()["rows_ahead"] == 3
+
+
+def test_a_read_that_grazes_a_tiles_end_is_for_the_next_tile(cog: bytes) -> None:
+    pieces = PieceMap(parse_layout(cog[:HEADER_PROBE], len(cog)), base=0)
+    full = pieces.layout.levels[0]
+    front, tile = pieces.piece_at(full.offsets[5]), pieces.piece_at(full.offsets[6])
+    page = tile[0] - 3000  # a kernel read from the start of the page the tile begins in
+    assert pieces.piece_read(page, tile[1]) == tile
+    assert pieces.piece_read(page, tile[0]) == front  # it does not run on: the tile in front
+    assert pieces.piece_read(tile[0] - EDGE - 1, tile[1]) == front  # more than a graze
+    assert pieces.piece_read(tile[0], tile[1]) == tile
+
+
+async def test_a_read_from_the_page_in_front_fetches_only_the_end_of_that_tile(
+    cog: bytes, cache: BlockCache
+) -> None:
+    """The kernel reads a tile from the start of the page it begins in: of the tile in front,
+    only its end is fetched (in the same request), not the whole tile."""
+    server, reader = await opened_cog(cog, cache)
+    handle = MemberHandle(reader, ReadaheadPolicy(tolerance=16 * 1024))
+    layout, start = reader.pieces.layout, reader.data_start
+    full = layout.levels[0]
+    offset, count = full.offsets[6], full.byte_counts[6]
+    page = offset - 3000
+    before = len(server.requests)
+    assert await handle.read(page, offset + count - page) == cog[page : offset + count]
+    front = layout.piece_at(full.offsets[5])
+    assert ranges_of(server, before) == [
+        (start + front[1] - EDGE, start + layout.piece_at(offset)[1])
+    ]
+    before = len(server.requests)  # the tile in front, read for itself, is fetched whole
+    offset, count = full.offsets[5], full.byte_counts[5]
+    assert await handle.read(offset, count) == cog[offset : offset + count]
+    assert ranges_of(server, before) == [(start + front[0], start + front[1])]
