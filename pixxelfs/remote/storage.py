@@ -26,6 +26,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TypeVar
 
+import httpcore
 import httpx
 import trio
 
@@ -97,12 +98,29 @@ def _is_transient(exc: Exception) -> bool:
     return isinstance(exc, TransientError | httpx.TransportError)
 
 
+# httpcore reads a response 64 KiB at a time. For the multi-MiB range bodies streamed here,
+# 256 KiB reads cut the Python work per byte received by about a third (a 1.43 GB `cp` on the
+# bench machine: 1.78 s -> 1.23 s of the daemon's user CPU). ``READ_NUM_BYTES`` is a class
+# attribute of httpcore's HTTP/1.1 connection; a version without it is left as it is.
+RECEIVE_BYTES = 256 * 1024
+
+
+def _receive_larger_chunks() -> None:
+    connection = getattr(httpcore, "AsyncHTTP11Connection", None)
+    if (
+        connection is not None
+        and getattr(connection, "READ_NUM_BYTES", RECEIVE_BYTES) < RECEIVE_BYTES
+    ):
+        connection.READ_NUM_BYTES = RECEIVE_BYTES
+
+
 class StorageClient:
     """Validated, retried range GETs on signed URLs. Counts requests, bytes and retries."""
 
     def __init__(self, client: httpx.AsyncClient, *, policy: RetryPolicy | None = None):
         if "authorization" in client.headers:
             raise ValueError("the storage client must not carry an Authorization header")
+        _receive_larger_chunks()
         self._client = client
         self._policy = policy or RetryPolicy()
         self.requests = 0
