@@ -46,10 +46,10 @@ def storage_requests(emulator: Emulator) -> list[dict]:
 
 
 def files_bytes(folder: Path) -> int:
-    """Bytes of every file below ``folder`` (block files and temporary ones)."""
+    """Bytes every file below ``folder`` takes on disk (allocated: package files are sparse)."""
     total = 0
     for top, _dirs, files in os.walk(folder):
         for name in files:
             with contextlib.suppress(FileNotFoundError):  # a temporary file just renamed
-                total += os.stat(os.path.join(top, name)).st_size
+                total += os.stat(os.path.join(top, name)).st_blocks * 512
     return total

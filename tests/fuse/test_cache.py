@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pixxelfs.emulator import Emulator, EmulatorConfig, running_emulator
-from pixxelfs.remote.disk_cache import BLOCK_HEADER, decode_block
+from pixxelfs.remote.disk_cache import stored_blocks
 from tests.fuse.cachehelp import (
     files_bytes,
     member_hashes,
@@ -186,14 +186,12 @@ def test_cache_status_and_clear_work_on_the_cache_dir(
 
 
 def _block_files_verify(cache: Path) -> int:
-    """Every block file on disk is complete and intact (the header's key, length, checksum)."""
+    """Every block on disk (slot or file) is complete and intact (key, length, checksum)."""
     count = 0
-    for path in cache.glob("*/blocks/*/*.blk"):
-        blob = path.read_bytes()
-        _magic, key_length, _length, _check = BLOCK_HEADER.unpack_from(blob)
-        key = blob[BLOCK_HEADER.size : BLOCK_HEADER.size + key_length].decode()
-        assert decode_block(key, blob) is not None, f"{path} is damaged"
-        count += 1
+    for folder in cache.glob("*/blocks"):
+        for key, intact in stored_blocks(folder):
+            assert intact, f"the block {key} is damaged"
+            count += 1
     return count
 
 

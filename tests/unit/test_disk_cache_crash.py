@@ -1,4 +1,7 @@
-"""SIGKILL of a process in the middle of block writes never leaves a block that reads wrong."""
+"""SIGKILL of a process in the middle of block writes never leaves a block that reads wrong.
+
+The blocks are aligned ones: slots of one package file, written data first, header last.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import time
 from pathlib import Path
 
 from pixxelfs.remote.block_cache import BlockKey
-from pixxelfs.remote.disk_cache import BlockStore, block_name
+from pixxelfs.remote.disk_cache import BlockStore, block_name, stored_blocks, usage
 
 BLOCK = 256 * 1024
 BLOCKS = 64
@@ -55,4 +58,6 @@ def test_killed_writers_leave_only_complete_blocks(tmp_path: Path) -> None:
             found += 1
     assert found > 0
     assert store.corrupt == 0
+    assert all(ok for _key, ok in stored_blocks(tmp_path))
+    assert store.held() == usage(tmp_path).bytes
     store.close()
