@@ -60,6 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--scenes", type=int, default=12, help="catalog entries (default: 12)")
     data.add_argument("--projects", type=int, default=3, help="projects (default: 3)")
     data.add_argument(
+        "--capture-days",
+        type=int,
+        default=350,
+        help="days the capture dates spread over; 1 puts every scene on one date (default: 350)",
+    )
+    data.add_argument(
         "--orphans",
         type=int,
         help="entries whose task no order item owns; pixxelfs shows them under _unassigned/ "
@@ -191,6 +197,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         seed=args.seed,
         scenes=args.scenes,
         projects=args.projects,
+        capture_days=args.capture_days,
         orphan_scenes=args.orphans,
         width=width,
         height=height,

@@ -33,6 +33,9 @@ class EmulatorConfig:
     seed: int = 1
     scenes: int = 12
     projects: int = 3
+    # Scenes are captured on this many consecutive days (1: every scene on one date, for a
+    # date directory of thousands of scenes).
+    capture_days: int = 350
     width: int = 128
     height: int = 128
     bands: int = 8
@@ -55,8 +58,8 @@ class EmulatorConfig:
             raise ValueError("url_lifetime must be at least 1 second")
         if min(self.width, self.height, self.bands, self.tile_size) < 1:
             raise ValueError("raster width, height, bands and tile size must be positive")
-        if self.scenes < 0 or self.projects < 1:
-            raise ValueError("need scenes >= 0 and projects >= 1")
+        if self.scenes < 0 or self.projects < 1 or self.capture_days < 1:
+            raise ValueError("need scenes >= 0, projects >= 1 and capture days >= 1")
         if self.download_polls < 0 or self.download_delay < 0:
             raise ValueError("download polls and delay must not be negative")
 

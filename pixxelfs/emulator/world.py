@@ -261,7 +261,9 @@ class World:
     ) -> Scene:
         rng = draft.rng_state
         captured = _EPOCH + dt.timedelta(
-            days=rng.randrange(350), hours=4 + rng.random() * 4, microseconds=rng.randrange(10**6)
+            days=rng.randrange(self.config.capture_days),
+            hours=4 + rng.random() * 4,
+            microseconds=rng.randrange(10**6),
         )
         created = captured + dt.timedelta(hours=36, minutes=rng.randrange(600))
         sat = 1 + rng.randrange(6)

@@ -398,6 +398,9 @@ class PixxelOperations(pyfuse3.Operations):
             return {} if resolved.scene is None else scene_xattrs(resolved.scene.catalog)
 
     async def getxattr(self, inode, name, ctx=None):
+        if not name.startswith(b"user."):
+            # `ls -l` asks every entry for its SELinux label and ACLs: never ours, so no lookup.
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         value = (await self._xattrs(inode)).get(os.fsdecode(name))
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)

@@ -34,6 +34,12 @@ def test_every_project_has_several_order_items_and_tasks_have_scenes() -> None:
     assert sum(1 for task in per_task if task not in world.task_owner) == 1
 
 
+def test_capture_days_bound_the_spread_of_capture_dates() -> None:
+    spread = {s.captured.date() for s in World(EmulatorConfig(scenes=200)).scenes}
+    one_day = {s.captured.date() for s in World(EmulatorConfig(scenes=200, capture_days=1)).scenes}
+    assert len(spread) > 100 and len(one_day) == 1
+
+
 def test_footprint_matches_the_utm_transform() -> None:
     world = World(EmulatorConfig(scenes=5, width=200, height=100))
     for scene in world.scenes:

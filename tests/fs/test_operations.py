@@ -140,6 +140,19 @@ async def test_errno_for_writes_and_missing_names(emu) -> None:
         assert caught.value.errno == errno.EROFS
 
 
+async def test_only_user_xattrs_exist_and_others_are_refused(emu) -> None:
+    """`ls -l` asks every entry for security.selinux and the POSIX ACLs: ENOATTR, at once."""
+    async with open_operations(_config(emu)) as ops:
+        scene = await _lookup_path(ops, *await _scene_path(ops))
+        names = await ops.listxattr(scene, None)
+        assert names and all(name.startswith(b"user.") for name in names)
+        for name in (b"security.selinux", b"system.posix_acl_access", b"trusted.x"):
+            with pytest.raises(pyfuse3.FUSEError) as caught:
+                await ops.getxattr(scene, name, None)
+            assert caught.value.errno == pyfuse3.ENOATTR
+        assert await ops.getxattr(scene, names[0], None)
+
+
 async def test_failed_download_is_eio_and_the_daemon_keeps_serving(emu, caplog) -> None:
     async with open_operations(_config(emu)) as ops:
         path = await _scene_path(ops)
