@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TypeVar
 
 import httpcore
@@ -114,6 +115,22 @@ def _receive_larger_chunks() -> None:
         connection.READ_NUM_BYTES = RECEIVE_BYTES
 
 
+@dataclass(frozen=True)
+class _RangeGet:
+    """One range request: the bytes asked for and what the answer must match (``etag`` as
+    If-Match and against the answer's ETag; ``object_size`` against the Content-Range total)."""
+
+    url: str
+    start: int
+    end_exclusive: int
+    etag: str | None
+    object_size: int | None
+
+    @cached_property
+    def describe(self) -> str:
+        return f"GET bytes {self.start}-{self.end_exclusive - 1} of {redact_url(self.url)}"
+
+
 class StorageClient:
     """Validated, retried range GETs on signed URLs. Counts requests, bytes and retries."""
 
@@ -162,7 +179,7 @@ class StorageClient:
         (when known) is compared with the ``Content-Range`` total. Either mismatch means the
         object was replaced: :class:`PackageChangedError`.
         """
-        chunks = await self._fetch_chunks(url, start, end_exclusive, etag, object_size)
+        chunks = await self._fetch_chunks(_RangeGet(url, start, end_exclusive, etag, object_size))
         return b"".join(chunks)
 
     async def fetch_split(
@@ -179,46 +196,31 @@ class StorageClient:
         up to the range), each copied once from the body: no joined copy of the whole range."""
         if sum(sizes) != end_exclusive - start:
             raise ValueError("the piece sizes must add up to the range")
-        chunks = await self._fetch_chunks(url, start, end_exclusive, etag, object_size)
+        chunks = await self._fetch_chunks(_RangeGet(url, start, end_exclusive, etag, object_size))
         return split_chunks(chunks, sizes)
 
-    async def _fetch_chunks(
-        self,
-        url: str,
-        start: int,
-        end_exclusive: int,
-        etag: str | None,
-        object_size: int | None,
-    ) -> list[bytes]:
-        if not 0 <= start < end_exclusive:
-            raise ValueError(f"bad range [{start}, {end_exclusive})")
-        describe = f"GET bytes {start}-{end_exclusive - 1} of {redact_url(url)}"
+    async def _fetch_chunks(self, get: _RangeGet) -> list[bytes]:
+        if not 0 <= get.start < get.end_exclusive:
+            raise ValueError(f"bad range [{get.start}, {get.end_exclusive})")
         return await retrying(
             self._policy,
-            lambda: self._fetch_once(url, start, end_exclusive, etag, object_size, describe),
+            lambda: self._fetch_once(get),
             _is_transient,
-            describe,
+            get.describe,
             on_retry=self._count_retry,
         )
 
     def _count_retry(self, exc: Exception, wait: float) -> None:
         self.retries += 1
 
-    async def _fetch_once(
-        self,
-        url: str,
-        start: int,
-        end_exclusive: int,
-        etag: str | None,
-        object_size: int | None,
-        describe: str,
-    ) -> list[bytes]:
+    async def _fetch_once(self, get: _RangeGet) -> list[bytes]:
+        start, end_exclusive, etag, describe = get.start, get.end_exclusive, get.etag, get.describe
         headers = {"Range": f"bytes={start}-{end_exclusive - 1}", **_IDENTITY}
         if etag is not None:
             headers["If-Match"] = etag
         self.requests += 1
         log.debug("%s", describe)
-        async with self._client.stream("GET", url, headers=headers) as response:
+        async with self._client.stream("GET", get.url, headers=headers) as response:
             self._check_status(response, describe)
             _check_etag(response, etag, describe)
             expected = end_exclusive - start
@@ -233,9 +235,9 @@ class StorageClient:
                         f"{describe}: answer covers the wrong range "
                         f"(Content-Range {response.headers.get('content-range')!r})"
                     )
-                if object_size is not None and got.total not in (None, object_size):
+                if get.object_size is not None and got.total not in (None, get.object_size):
                     raise PackageChangedError(
-                        f"{describe}: object size changed from {object_size} to {got.total}"
+                        f"{describe}: object size changed from {get.object_size} to {got.total}"
                     )
             return await self._read_chunks(response, expected, describe)
 
