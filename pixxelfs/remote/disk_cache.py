@@ -837,39 +837,45 @@ class BlockStore:
             self._reserved -= size
             self._set_ledger(self._ledger() - size)
 
-    def _commit(self, name: str, temp: Path, size: int) -> None:
-        """Rename into place; if another mount stored the block meanwhile, keep theirs."""
+    def _book(self, name: str, size: int, place: Callable[[], bool]) -> None:
+        """Under the lock, end the reservation of ``size`` bytes and ``place`` the block:
+        the block is indexed if it landed; if another mount's copy was kept instead (False),
+        or placing failed, its bytes come off the ledger."""
         with self._locked():
             self._reserved -= size
-            path = self.folder / _own_file(name)
+            placed = False
+            try:
+                placed = place()
+            finally:
+                if placed:
+                    self._index[name] = size
+                else:
+                    self._set_ledger(self._ledger() - size)
+
+    def _commit(self, name: str, temp: Path, size: int) -> None:
+        """Rename into place; if another mount stored the block meanwhile, keep theirs."""
+        path = self.folder / _own_file(name)
+
+        def place() -> bool:
             if path.exists():
                 os.unlink(temp)
-                self._set_ledger(self._ledger() - size)
-                return
-            try:
-                os.replace(temp, path)
-            except OSError:
-                self._set_ledger(self._ledger() - size)
-                raise
-            self._index[name] = size
+                return False
+            os.replace(temp, path)
+            return True
+
+        self._book(name, size, place)
 
     def _commit_slot(self, name: str, fd: int, slot: _Slot, content: memoryview) -> None:
         """Write the header page, unless another mount stored the slot meanwhile (keep
         theirs: the same bytes) or evicted the last slot of the file (it is unlinked)."""
-        size = len(content)
-        with self._locked():
-            self._reserved -= size
-            try:
-                store = os.fstat(fd).st_nlink > 0 and not _present(fd, slot.offset)
-                if store:
-                    self._write_header(fd, content[:PAGE], slot.offset)
-            except OSError:
-                self._set_ledger(self._ledger() - size)
-                raise
-            if not store:
-                self._set_ledger(self._ledger() - size)
-                return
-            self._index[name] = size
+
+        def place() -> bool:
+            if os.fstat(fd).st_nlink == 0 or _present(fd, slot.offset):
+                return False
+            self._write_header(fd, content[:PAGE], slot.offset)
+            return True
+
+        self._book(name, len(content), place)
 
     def _write_header(self, fd: int, header: memoryview, offset: int) -> None:
         """Write a slot's header page through the page cache: under the lock, an O_DIRECT
