@@ -39,8 +39,11 @@ order is kept per block in memory; across remounts it is the file's mtime (a pac
 for its slots), so it is shared by several mounts of one cache dir; the ledger (total bytes)
 is shared through the lock and rebuilt from the files at every start.
 
-All file I/O runs in worker threads (:class:`BlockStore` is synchronous); :class:`DiskBlockTier`
-is the async :class:`~pixxelfs.remote.tiers.BlockTier` in front of it. A failing disk (full,
+All file I/O runs in threads (:class:`BlockStore` is synchronous); :class:`DiskBlockTier` is the
+async :class:`~pixxelfs.remote.tiers.BlockTier` in front of it. Reads are worker-thread calls;
+writes queue for two writer threads (:mod:`~pixxelfs.remote.batch_writer`) that store what has
+queued up in batches, the slots of one package file through one open file and booked under one
+lock. A failing disk (full,
 read-only, I/O errors) turns writing off with one warning; reads never fail because of it.
 """
 
@@ -63,7 +66,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +75,7 @@ from typing import Any, NamedTuple
 import trio
 import xxhash
 
+from pixxelfs.remote.batch_writer import BatchWriter
 from pixxelfs.remote.block_cache import BlockKey, Fetch
 from pixxelfs.remote.storage import ObjectInfo
 from pixxelfs.remote.zipindex import ZipIndex, ZipMember
@@ -207,6 +211,17 @@ class _Slot(NamedTuple):
     file: str
     offset: int
     stride: int
+
+
+@dataclass(eq=False)
+class _Write:
+    """A block on its way to the store: its content, what the ledger books, the outcome."""
+
+    name: str
+    key: bytes
+    data: bytes
+    size: int
+    stored: bool = False
 
 
 def _stride(block_size: int) -> int:
@@ -759,17 +774,30 @@ class BlockStore:
 
     def put(self, name: str, key_text: str, data: bytes) -> bool:
         """Store a block (False if it cannot fit). Raises OSError when the disk fails."""
-        size = file_size(key_text, len(data))
-        slot = self._slot(name)
-        if (slot is not None and size > slot.stride) or not self._reserve(size):
-            return False
-        with self._buffers.take(size) as buffer, memoryview(buffer) as view:
-            _fill(view, key_text.encode(), data)
+        return self.put_many([(name, key_text, data)]) == [True]
+
+    def put_many(self, blocks: Sequence[tuple[str, str, bytes]]) -> list[bool]:
+        """Store ``(name, key text, data)`` blocks; which were stored (False: cannot fit).
+
+        The slots of one package file are written through one open file and booked under one
+        lock: per block, a worker-thread call and two lock rounds cost more than the write.
+        Raises OSError when the disk fails.
+        """
+        writes = [self._prepared(*block) for block in blocks]
+        files: dict[str, list[tuple[_Write, _Slot]]] = {}
+        for write in writes:
+            slot = self._slot(write.name)
             if slot is None:
-                self._put_file(name, view[:size])
+                self._put_file(write)
             else:
-                self._put_slot(name, slot, view[:size])
-        return True
+                files.setdefault(slot.file, []).append((write, slot))
+        for slots in files.values():
+            self._put_slots(slots)
+        return [write.stored for write in writes]
+
+    @staticmethod
+    def _prepared(name: str, key_text: str, data: bytes) -> _Write:
+        return _Write(name, key_text.encode(), data, file_size(key_text, len(data)))
 
     @contextlib.contextmanager
     def _released_on_error(self, size: int) -> Iterator[None]:
@@ -779,111 +807,139 @@ class BlockStore:
             self._release(size)
             raise
 
-    def _put_file(self, name: str, content: memoryview) -> None:
+    def _put_file(self, write: _Write) -> None:
         """Write a temporary file and rename it into place.
 
         No fsync per block: a killed daemon loses nothing the kernel has; after a power loss
         a torn file fails its checksum and is discarded. Renames stay atomic.
         """
-        path = self.folder / _own_file(name)
+        if not self._reserve([write.size])[0]:
+            return
+        path = self.folder / _own_file(write.name)
         temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
-            with self._released_on_error(len(content)):
+            with self._released_on_error(write.size), self._filled(write) as content:
                 _with_parent(temp, lambda: _write_file(temp, content, flags=self._direct))
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
             raise
-        self._commit(name, temp, len(content))
-
-    def _put_slot(self, name: str, slot: _Slot, content: memoryview) -> None:
-        """Write a slot's data pages, then (under the lock) its header page. No fsync: see
-        the module docstring."""
-        path = self.folder / slot.file
-        flags = os.O_RDWR | os.O_CREAT | self._direct
-        with self._released_on_error(len(content)):
-            fd = _with_parent(path, lambda: os.open(path, flags, 0o600))
-        try:
-            with self._released_on_error(len(content)):
-                _pwrite_all(fd, content[PAGE:], slot.offset + PAGE)
-            self._commit_slot(name, fd, slot, content)
-        finally:
-            os.close(fd)
-
-    def _reserve(self, size: int) -> bool:
-        """Make room for ``size`` bytes by evicting least recently used blocks, and book it."""
-        if size > self.limit:
-            return False
-        with self._locked():
-            total = self._ledger()
-            rescanned = False
-            while total + size > self.limit:
-                if not self._index:
-                    if rescanned:
-                        return False  # the rest is other writers' reservations
-                    self._rescan()
-                    total, rescanned = self._ledger(), True
-                    continue
-                victim, victim_size = self._index.popitem(last=False)
-                if self._remove(victim):
-                    total -= victim_size
-                    self.evictions += 1
-            self._reserved += size
-            self._set_ledger(total + size)
-        return True
-
-    def _release(self, size: int) -> None:
-        with self._locked():
-            self._reserved -= size
-            self._set_ledger(self._ledger() - size)
-
-    def _book(self, name: str, size: int, place: Callable[[], bool]) -> None:
-        """Under the lock, end the reservation of ``size`` bytes and ``place`` the block:
-        the block is indexed if it landed; if another mount's copy was kept instead (False),
-        or placing failed, its bytes come off the ledger."""
-        with self._locked():
-            self._reserved -= size
-            placed = False
-            try:
-                placed = place()
-            finally:
-                if placed:
-                    self._index[name] = size
-                else:
-                    self._set_ledger(self._ledger() - size)
-
-    def _commit(self, name: str, temp: Path, size: int) -> None:
-        """Rename into place; if another mount stored the block meanwhile, keep theirs."""
-        path = self.folder / _own_file(name)
 
         def place() -> bool:
+            """Rename into place; if another mount stored the block meanwhile, keep theirs."""
             if path.exists():
                 os.unlink(temp)
                 return False
             os.replace(temp, path)
             return True
 
-        self._book(name, size, place)
+        self._book([(write, place)])
 
-    def _commit_slot(self, name: str, fd: int, slot: _Slot, content: memoryview) -> None:
-        """Write the header page, unless another mount stored the slot meanwhile (keep
-        theirs: the same bytes) or evicted the last slot of the file (it is unlinked)."""
+    @contextlib.contextmanager
+    def _filled(self, write: _Write) -> Iterator[memoryview]:
+        """The block's content laid out in a reused page-aligned buffer."""
+        with self._buffers.take(write.size) as buffer, memoryview(buffer) as view:
+            _fill(view, write.key, write.data)
+            yield view[: write.size]
 
-        def place() -> bool:
-            if os.fstat(fd).st_nlink == 0 or _present(fd, slot.offset):
-                return False
-            self._write_header(fd, content[:PAGE], slot.offset)
-            return True
+    def _put_slots(self, slots: list[tuple[_Write, _Slot]]) -> None:
+        """Write slots of one package file: each one's data pages, then all their header
+        pages under one lock. No fsync: see the module docstring."""
+        fitting = [(write, slot) for write, slot in slots if write.size <= slot.stride]
+        granted = self._reserve([write.size for write, _slot in fitting])
+        slots = [pair for pair, room in zip(fitting, granted, strict=True) if room]
+        if not slots:
+            return
+        path = self.folder / slots[0][1].file
+        flags = os.O_RDWR | os.O_CREAT | self._direct
+        fd = None
+        try:
+            with self._released_on_error(sum(write.size for write, _slot in slots)):
+                fd = _with_parent(path, lambda: os.open(path, flags, 0o600))
+                headers = [self._write_slot_data(fd, write, slot) for write, slot in slots]
+            if self._direct:  # headers go through the page cache: see _write_header
+                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~self._direct)
+            self._book(
+                [
+                    (write, functools.partial(self._write_header, fd, slot, header))
+                    for (write, slot), header in zip(slots, headers, strict=True)
+                ]
+            )
+        finally:
+            if fd is not None:
+                os.close(fd)
 
-        self._book(name, len(content), place)
+    def _write_slot_data(self, fd: int, write: _Write, slot: _Slot) -> bytes:
+        """Write the slot's data pages; its header page, to be written once they are."""
+        with self._filled(write) as content:
+            _pwrite_all(fd, content[PAGE:], slot.offset + PAGE)
+            return bytes(content[:PAGE])
 
-    def _write_header(self, fd: int, header: memoryview, offset: int) -> None:
-        """Write a slot's header page through the page cache: under the lock, an O_DIRECT
-        write would make every writer wait for the disk (the kernel flushes the page before
-        any O_DIRECT read of it)."""
-        if self._direct:
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~self._direct)
-        _pwrite_all(fd, header, offset)
+    def _write_header(self, fd: int, slot: _Slot, header: bytes) -> bool:
+        """Write a slot's header page (through the page cache: under the lock, an O_DIRECT
+        write would make every writer wait for the disk), unless another mount stored the slot
+        meanwhile (keep theirs: the same bytes) or evicted the last slot of the file (it is
+        unlinked)."""
+        if os.fstat(fd).st_nlink == 0 or _present(fd, slot.offset):
+            return False
+        _pwrite_all(fd, memoryview(header), slot.offset)
+        return True
+
+    def _reserve(self, sizes: Sequence[int]) -> list[bool]:
+        """Make room for each of ``sizes`` in turn by evicting least recently used blocks, and
+        book it; which ones got room."""
+        granted: list[bool] = []
+        with self._locked():
+            total = self._ledger()
+            for size in sizes:
+                total, room = self._make_room(total, size)
+                granted.append(room)
+            self._set_ledger(total)
+        return granted
+
+    def _make_room(self, total: int, size: int) -> tuple[int, bool]:
+        """(Under the lock.) Evict until ``size`` more bytes fit in the ledger's ``total``;
+        the new total and whether they fit."""
+        if size > self.limit:
+            return total, False
+        rescanned = False
+        while total + size > self.limit:
+            if not self._index:
+                if rescanned:
+                    return total, False  # the rest is other writers' reservations
+                self._set_ledger(total)
+                self._rescan()
+                total, rescanned = self._ledger(), True
+                continue
+            victim, victim_size = self._index.popitem(last=False)
+            if self._remove(victim):
+                total -= victim_size
+                self.evictions += 1
+        self._reserved += size
+        return total + size, True
+
+    def _release(self, size: int) -> None:
+        with self._locked():
+            self._reserved -= size
+            self._set_ledger(self._ledger() - size)
+
+    def _book(self, placements: Sequence[tuple[_Write, Callable[[], bool]]]) -> None:
+        """Under the lock, end the writes' reservations and ``place`` each block: it is
+        indexed if it landed; if another mount's copy was kept instead (False: stored all the
+        same), or placing failed, its bytes come off the ledger."""
+        with self._locked():
+            self._reserved -= sum(write.size for write, _place in placements)
+            booked = 0
+            try:
+                for write, place in placements:
+                    if place():
+                        self._index[write.name] = write.size
+                        booked += write.size
+                    write.stored = True
+            finally:
+                unplaced = sum(write.size for write, _place in placements) - booked
+                if unplaced:
+                    self._set_ledger(self._ledger() - unplaced)
 
     # -- for pixxelfs cache and stats
 
@@ -941,7 +997,8 @@ class DiskBlockTier:
         # Few threads: each one competes with the trio loop for the GIL and keeps its own
         # malloc arena; disk I/O gains nothing from dozens of them.
         self._readers = trio.CapacityLimiter(4)
-        self._writers = trio.CapacityLimiter(2)
+        self._writer = BatchWriter(self._put_batch, threads=2)
+        self._writing_lock = threading.Lock()
 
     async def fetch(self, key: BlockKey, below: Fetch) -> bytes:
         named = block_name(key, self.block_size)
@@ -968,26 +1025,36 @@ class DiskBlockTier:
                 log.warning("disk cache: cannot read %s (%s); reading from the network", name, exc)
             return None
 
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[DiskBlockTier]:
+        """The tier with its writer threads (they store what is queued before it ends)."""
+        async with self._writer.running():
+            yield self
+
     async def _write(self, name: str, text: str, data: bytes) -> None:
-        if not self.writing:
-            return
-        try:
-            stored = await trio.to_thread.run_sync(
-                self.store.put, name, text, data, limiter=self._writers
-            )
-        except OSError as exc:
-            self.writing = False
-            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-            log.warning(
-                "disk cache: %s (%s); no more blocks are stored on disk by this mount, "
-                "reads go on from memory and the network",
-                "the disk is full" if full else "cannot write",
-                exc,
-            )
-            return
-        if stored:
+        """Store a block; return once it is stored (or given up)."""
+        if self.writing and await self._writer.write((name, text, data)):
             self.writes += 1
             self.bytes_written += len(data)
+
+    def _put_batch(self, blocks: list[tuple[str, str, bytes]]) -> list[bool]:
+        """(In a writer thread.) Store blocks; a failing disk turns writing off."""
+        if not self.writing:
+            return [False] * len(blocks)
+        try:
+            return self.store.put_many(blocks)
+        except OSError as exc:
+            with self._writing_lock:
+                if self.writing:
+                    self.writing = False
+                    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                    log.warning(
+                        "disk cache: %s (%s); no more blocks are stored on disk by this mount, "
+                        "reads go on from memory and the network",
+                        "the disk is full" if full else "cannot write",
+                        exc,
+                    )
+            return [False] * len(blocks)
 
     def stats(self) -> dict[str, Any]:
         lookups = self.hits + self.misses
@@ -1181,6 +1248,7 @@ async def open_disk_cache(
         yield None
         return
     try:
-        yield cache
+        async with cache.tier.running():
+            yield cache
     finally:
         cache.close()

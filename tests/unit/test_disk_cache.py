@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -279,14 +280,13 @@ def test_remove_older_than_keeps_recent_blocks(tmp_path: Path, layout: str) -> N
 
 
 class _FullDisk(BlockStore):
-    def put(self, name: str, key_text: str, data: bytes) -> bool:
+    def put_many(self, blocks: Sequence[tuple[str, str, bytes]]) -> list[bool]:
         raise OSError(errno.ENOSPC, "No space left on device")
 
 
 async def test_a_full_disk_turns_writing_off_with_one_warning(tmp_path: Path, caplog) -> None:
     store = _FullDisk(tmp_path, 100 * BLOCK)
     store.open()
-    tier = DiskBlockTier(store, BLOCK)
     fetched: list[int] = []
 
     async def origin(index: int) -> bytes:
@@ -294,8 +294,9 @@ async def test_a_full_disk_turns_writing_off_with_one_warning(tmp_path: Path, ca
         return _data(index)
 
     with caplog.at_level(logging.WARNING):
-        for index in range(3):
-            assert await tier.fetch(_key(index), lambda i=index: origin(i)) == _data(index)
+        async with DiskBlockTier(store, BLOCK).running() as tier:
+            for index in range(3):
+                assert await tier.fetch(_key(index), lambda i=index: origin(i)) == _data(index)
     assert fetched == [0, 1, 2]
     assert not tier.writing
     assert len([r for r in caplog.records if "disk is full" in r.message]) == 1
@@ -304,7 +305,6 @@ async def test_a_full_disk_turns_writing_off_with_one_warning(tmp_path: Path, ca
 async def test_the_tier_serves_hits_from_disk_and_never_stores_untagged_packages(
     tmp_path: Path,
 ) -> None:
-    tier = DiskBlockTier(_store(tmp_path, 100 * BLOCK), BLOCK)
     calls = 0
 
     async def origin() -> bytes:
@@ -312,10 +312,11 @@ async def test_the_tier_serves_hits_from_disk_and_never_stores_untagged_packages
         calls += 1
         return _data(1)
 
-    assert await tier.fetch(_key(1), origin) == _data(1)
-    assert await tier.fetch(_key(1), origin) == _data(1)
-    assert await tier.fetch(_key(1, None), origin) == _data(1)
-    assert await tier.fetch(_key(1, None), origin) == _data(1)
+    async with DiskBlockTier(_store(tmp_path, 100 * BLOCK), BLOCK).running() as tier:
+        assert await tier.fetch(_key(1), origin) == _data(1)
+        assert await tier.fetch(_key(1), origin) == _data(1)
+        assert await tier.fetch(_key(1, None), origin) == _data(1)
+        assert await tier.fetch(_key(1, None), origin) == _data(1)
     assert calls == 3
     assert (tier.hits, tier.misses, tier.writes) == (1, 1, 1)
 
@@ -329,15 +330,15 @@ async def test_only_blocks_in_the_index_are_looked_for_on_disk(tmp_path: Path) -
     looked: list[str] = []
     get = store.get
     store.get = lambda name, text: looked.append(name) or get(name, text)  # type: ignore[method-assign]
-    tier = DiskBlockTier(store, BLOCK)
 
     async def origin() -> bytes:
         return _data(1)
 
-    assert await tier.fetch(_key(1), origin) == _data(1)
-    assert looked == []  # not on disk, not looked for
-    assert await tier.fetch(_key(1), origin) == _data(1)
-    assert await tier.fetch(_key(2), origin) == _data(2)
+    async with DiskBlockTier(store, BLOCK).running() as tier:
+        assert await tier.fetch(_key(1), origin) == _data(1)
+        assert looked == []  # not on disk, not looked for
+        assert await tier.fetch(_key(1), origin) == _data(1)
+        assert await tier.fetch(_key(2), origin) == _data(2)
     assert looked == [_named(1)[0], _named(2)[0]] and tier.hits == 2
 
 
