@@ -43,8 +43,8 @@ All file I/O runs in threads (:class:`BlockStore` is synchronous); :class:`DiskB
 async :class:`~pixxelfs.remote.tiers.BlockTier` in front of it. Reads are worker-thread calls;
 writes queue for two writer threads (:mod:`~pixxelfs.remote.batch_writer`) that store what has
 queued up in batches, the slots of one package file through one open file and booked under one
-lock. A failing disk (full,
-read-only, I/O errors) turns writing off with one warning; reads never fail because of it.
+lock. A failing disk (full, read-only, I/O errors) turns writing off with one warning; reads
+never fail because of it.
 """
 
 from __future__ import annotations
@@ -952,17 +952,14 @@ class BlockStore:
         """Delete blocks not read for ``age`` seconds (a package file's slots together, by its
         mtime); returns how many."""
         cutoff = time.time() - age
-        removed = freed = 0
         with self._locked():
-            for block in list(_stored(self.folder)):
-                if block.mtime <= cutoff:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(block.path)
-                    removed += 1
-                    freed += block.size
-            self._set_ledger(self._ledger() - freed)
+            old = [block for block in _stored(self.folder) if block.mtime <= cutoff]
+            for path in {block.path for block in old}:  # a package file once, not per slot
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            self._set_ledger(self._ledger() - sum(block.size for block in old))
             self._rescan()
-        return removed
+        return len(old)
 
 
 def _write_file(
