@@ -188,16 +188,23 @@ class BlockCache:
         """Forget ``key``'s bytes (kept bytes found to be wrong)."""
         self._blocks.pop(key, None)
 
-    def deliver(self, key: BlockKey, data: bytes) -> None:
-        """Hand ``key``'s block to its waiters and the LRU now, before its fetch returns."""
+    def deliver(self, key: BlockKey, data: bytes, *, behind: bool = True) -> None:
+        """Hand ``key``'s block to its waiters and the LRU now, before its fetch returns.
+
+        ``behind``: the fetch goes on holding the bytes for a while (the tiers below are
+        storing them), so they count against the write-behind bound until it returns. Bytes
+        handed out from a range request still coming in don't: its memory budget holds them.
+        """
         flight = self._flights.get(key)
-        if flight is None or flight.done.is_set():
+        if flight is None:
             return
-        flight.data = data
-        flight.early = len(data)
-        self._behind += flight.early
-        self._store(key, data)
-        flight.done.set()
+        if behind and not flight.early:
+            flight.early = len(data)
+            self._behind += flight.early
+        if not flight.done.is_set():
+            flight.data = data
+            self._store(key, data)
+            flight.done.set()
 
     async def _run(self, key: BlockKey, fetch: Fetch, flight: _Flight) -> None:
         """Fetch and store; once delivered early, a later failure is the tiers', not the

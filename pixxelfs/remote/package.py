@@ -87,6 +87,7 @@ class _SharedRange:
         self._package = package
         self.start, self.end = units[0].start, units[-1].end
         self._ends = {unit.start: unit.end for unit in units}
+        self._keys = [unit.key for unit in units]
         self._ahead, self._exact = ahead, exact
         self._lock = trio.Lock()
         self._pieces: dict[int, bytes] | None = None
@@ -117,8 +118,14 @@ class _SharedRange:
         async with paths.budget.reserve(self.end - self.start):
             paths.count(self.end - self.start, ahead=self._ahead, exact=self._exact)
             sizes = [end - start for start, end in self._ends.items()]
-            pieces = await self._package.source.read_split(self.start, self.end, sizes)
+            pieces = await self._package.source.read_split(
+                self.start, self.end, sizes, on_piece=self._hand_out
+            )
         return dict(zip(self._ends, pieces, strict=True))
+
+    def _hand_out(self, index: int, piece: bytes) -> None:
+        """A unit's bytes are in: its readers need not wait for the rest of the request."""
+        self._package.hand_out(self._keys[index], piece)
 
 
 class SavedIndex(Protocol):
@@ -360,6 +367,10 @@ class RemotePackage:
             return data
 
         return chain(self._tiers, unit.key, origin)
+
+    def hand_out(self, key: BlockKey, data: bytes) -> None:
+        """Give a unit's bytes to the memory cache's readers while its request goes on."""
+        self._cache.deliver(key, data, behind=False)
 
     async def open_member(self, member: ZipMember) -> MemberReader:
         """A reader for ``member`` (shared with other openers of the same member)."""

@@ -179,8 +179,10 @@ class StorageClient:
         (when known) is compared with the ``Content-Range`` total. Either mismatch means the
         object was replaced: :class:`PackageChangedError`.
         """
-        chunks = await self._fetch_chunks(_RangeGet(url, start, end_exclusive, etag, object_size))
-        return b"".join(chunks)
+        pieces = await self.fetch_split(
+            url, start, end_exclusive, [end_exclusive - start], etag=etag, object_size=object_size
+        )
+        return pieces[0]
 
     async def fetch_split(
         self,
@@ -191,20 +193,20 @@ class StorageClient:
         *,
         etag: str | None,
         object_size: int | None = None,
+        on_piece: PieceSink | None = None,
     ) -> list[bytes]:
         """Like :meth:`fetch_range`, but the bytes cut into pieces of ``sizes`` (which must add
-        up to the range), each copied once from the body: no joined copy of the whole range."""
-        if sum(sizes) != end_exclusive - start:
-            raise ValueError("the piece sizes must add up to the range")
-        chunks = await self._fetch_chunks(_RangeGet(url, start, end_exclusive, etag, object_size))
-        return split_chunks(chunks, sizes)
-
-    async def _fetch_chunks(self, get: _RangeGet) -> list[bytes]:
+        up to the range), each copied once from the body: no joined copy of the whole range.
+        ``on_piece(index, piece)`` hears of each piece as soon as its bytes are in (again
+        for an attempt that is retried), so that a reader need not wait for the whole range."""
+        if sum(sizes) != end_exclusive - start or min(sizes, default=0) <= 0:
+            raise ValueError("the piece sizes must be positive and add up to the range")
+        get = _RangeGet(url, start, end_exclusive, etag, object_size)
         if not 0 <= get.start < get.end_exclusive:
             raise ValueError(f"bad range [{get.start}, {get.end_exclusive})")
         return await retrying(
             self._policy,
-            lambda: self._fetch_once(get),
+            lambda: self._fetch_once(get, PieceCutter(sizes, on_piece)),
             _is_transient,
             get.describe,
             on_retry=self._count_retry,
@@ -213,7 +215,7 @@ class StorageClient:
     def _count_retry(self, exc: Exception, wait: float) -> None:
         self.retries += 1
 
-    async def _fetch_once(self, get: _RangeGet) -> list[bytes]:
+    async def _fetch_once(self, get: _RangeGet, cutter: PieceCutter) -> list[bytes]:
         start, end_exclusive, etag, describe = get.start, get.end_exclusive, get.etag, get.describe
         headers = {"Range": f"bytes={start}-{end_exclusive - 1}", **_IDENTITY}
         if etag is not None:
@@ -239,7 +241,8 @@ class StorageClient:
                     raise PackageChangedError(
                         f"{describe}: object size changed from {get.object_size} to {got.total}"
                     )
-            return await self._read_chunks(response, expected, describe)
+            await self._read_body(response, expected, describe, cutter)
+            return cutter.pieces
 
     async def _probe_once(self, url: str, tail_bytes: int) -> Probe:
         describe = f"GET last {tail_bytes} bytes of {redact_url(url)}"
@@ -253,7 +256,7 @@ class StorageClient:
                 size = _content_length(response)
                 if size is None or size > tail_bytes:
                     raise StorageError(f"{describe}: storage ignored the Range header (200)")
-                tail = b"".join(await self._read_chunks(response, size, describe))
+                tail = await self._read_whole(response, size, describe)
                 return Probe(ObjectInfo(size, etag), tail)
             got = _parse_content_range(response.headers.get("content-range"))
             if got is None or got.total is None or got.end_exclusive != got.total:
@@ -263,8 +266,7 @@ class StorageClient:
                 )
             if got.end_exclusive - got.start != min(tail_bytes, got.total):
                 raise StorageError(f"{describe}: answer has the wrong length")
-            length = got.end_exclusive - got.start
-            tail = b"".join(await self._read_chunks(response, length, describe))
+            tail = await self._read_whole(response, got.end_exclusive - got.start, describe)
             return Probe(ObjectInfo(got.total, etag), tail)
 
     def _check_status(self, response: httpx.Response, describe: str) -> None:
@@ -280,45 +282,65 @@ class StorageClient:
             raise TransientError(f"HTTP {status}", retry_after=hint)
         raise StorageError(f"{describe}: unexpected HTTP {status}")
 
-    async def _read_chunks(
-        self, response: httpx.Response, expected: int, describe: str
-    ) -> list[bytes]:
-        """The body as received, which must be exactly ``expected`` bytes; short bodies are
-        transient. Not joined here: the caller copies each byte once, into what it keeps."""
-        chunks: list[bytes] = []
+    async def _read_whole(self, response: httpx.Response, size: int, describe: str) -> bytes:
+        cutter = PieceCutter([size]) if size else None
+        await self._read_body(response, size, describe, cutter)
+        return cutter.pieces[0] if cutter else b""
+
+    async def _read_body(
+        self, response: httpx.Response, expected: int, describe: str, cutter: PieceCutter | None
+    ) -> None:
+        """Feed the body, which must be exactly ``expected`` bytes, to ``cutter``; short bodies
+        are transient."""
         received = 0
         async with aclosing(response.aiter_bytes()) as body:
             async for chunk in body:
                 received += len(chunk)
                 if received > expected:
                     raise StorageError(f"{describe}: body longer than the {expected} bytes")
-                chunks.append(chunk)
+                if cutter is not None:
+                    cutter.feed(chunk)
         self.bytes_received += received
         if received < expected:
             raise TransientError(f"truncated body: {received} of {expected} bytes")
-        return chunks
 
 
-def split_chunks(chunks: Sequence[bytes], sizes: Sequence[int]) -> list[bytes]:
-    """``b"".join(chunks)`` cut into pieces of ``sizes``, copying each byte once (a piece that
-    is exactly one chunk is that chunk, not a copy)."""
-    pieces: list[bytes] = []
-    index, offset = 0, 0  # the next unread byte: chunks[index][offset]
-    for size in sizes:
-        views: list[bytes | memoryview] = []
-        while size:
-            chunk = chunks[index]
-            take = min(size, len(chunk) - offset)
+PieceSink = Callable[[int, bytes], None]
+
+
+class PieceCutter:
+    """A body cut into pieces of ``sizes`` as its chunks arrive, each byte copied once (a
+    piece that is exactly one chunk is that chunk, not a copy); ``on_piece(index, piece)`` is
+    told of each piece once it is complete."""
+
+    def __init__(self, sizes: Sequence[int], on_piece: PieceSink | None = None):
+        self.pieces: list[bytes] = []
+        self._sizes = sizes
+        self._on_piece = on_piece
+        self._views: list[bytes | memoryview] = []
+        self._missing = sizes[0] if sizes else 0  # bytes the current piece still needs
+
+    def feed(self, chunk: bytes) -> None:
+        offset = 0
+        while offset < len(chunk):
+            if not self._missing:
+                raise ValueError("more bytes than the pieces hold")
+            take = min(self._missing, len(chunk) - offset)
             whole = offset == 0 and take == len(chunk)
-            views.append(chunk if whole else memoryview(chunk)[offset : offset + take])
-            size -= take
+            self._views.append(chunk if whole else memoryview(chunk)[offset : offset + take])
             offset += take
-            if offset == len(chunk):
-                index, offset = index + 1, 0
-        pieces.append(
-            views[0] if len(views) == 1 and isinstance(views[0], bytes) else b"".join(views)
-        )
-    return pieces
+            self._missing -= take
+            if not self._missing:
+                self._complete()
+
+    def _complete(self) -> None:
+        views, self._views = self._views, []
+        piece = views[0] if len(views) == 1 and isinstance(views[0], bytes) else b"".join(views)
+        self.pieces.append(piece)
+        if self._on_piece is not None:
+            self._on_piece(len(self.pieces) - 1, piece)
+        following = len(self.pieces)
+        self._missing = self._sizes[following] if following < len(self._sizes) else 0
 
 
 def _content_length(response: httpx.Response) -> int | None:
@@ -408,13 +430,25 @@ class PackageSource:
             )
         )
 
-    async def read_split(self, start: int, end_exclusive: int, sizes: Sequence[int]) -> list[bytes]:
+    async def read_split(
+        self,
+        start: int,
+        end_exclusive: int,
+        sizes: Sequence[int],
+        on_piece: PieceSink | None = None,
+    ) -> list[bytes]:
         """Bytes ``[start, end_exclusive)`` of the pinned version, as pieces of ``sizes`` (one
         request; see :meth:`StorageClient.fetch_split`)."""
         info = await self._check_range(start, end_exclusive)
         return await self._with_renewal(
             lambda url: self._storage.fetch_split(
-                url.url, start, end_exclusive, sizes, etag=info.etag, object_size=info.size
+                url.url,
+                start,
+                end_exclusive,
+                sizes,
+                etag=info.etag,
+                object_size=info.size,
+                on_piece=on_piece,
             )
         )
 

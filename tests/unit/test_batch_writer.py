@@ -65,12 +65,11 @@ async def test_a_failing_batch_is_logged_and_the_thread_goes_on(caplog) -> None:
 async def test_what_is_queued_when_it_stops_is_still_stored() -> None:
     store = _Store()
     writer = BatchWriter(store, threads=2, batch=2)
-    async with trio.open_nursery() as nursery:
-        async with writer.running():
-            for item in range(5):
-                nursery.start_soon(writer.write, item)
-            await trio.testing.wait_all_tasks_blocked()
-            store.release.set()
+    async with trio.open_nursery() as nursery, writer.running():
+        for item in range(5):
+            nursery.start_soon(writer.write, item)
+        await trio.testing.wait_all_tasks_blocked()
+        store.release.set()
     assert sorted(item for batch in store.batches for item in batch) == list(range(5))
 
 

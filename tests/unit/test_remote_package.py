@@ -7,6 +7,7 @@ import struct
 import zipfile
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 import trio
 import trio.testing
@@ -209,3 +210,31 @@ async def test_a_unit_asked_for_twice_is_fetched_again_not_lost(cache) -> None:
     ranges = [r.headers["range"] for r in server.requests[1:]]
     assert ranges.count("bytes=8192-32767") == 1  # one part; then each block on its own
     assert sorted(ranges[1:]) == ["bytes=16384-24575", "bytes=24576-32767", "bytes=8192-16383"]
+
+
+async def test_a_unit_is_handed_out_as_soon_as_its_bytes_are_in(cache) -> None:
+    """A request for several blocks: a reader of the first one does not wait for the rest."""
+    data = build(FILES, method=zipfile.ZIP_STORED)
+    server = ObjectServer(data)
+    pkg = remote(server, cache)
+    await pkg.size()
+    rest = trio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield data[8192:16384]
+        await rest.wait()
+        yield data[16384:32768]
+
+    def paused(request: httpx.Request) -> httpx.Response:
+        assert request.headers["range"] == "bytes=8192-32767"
+        headers = {"Content-Range": f"bytes 8192-32767/{len(data)}", "ETag": '"v1"'}
+        return httpx.Response(206, headers=headers, content=body())
+
+    server.faults.append(paused)
+    pkg.prefetch(8192, 3 * 8192)
+    with trio.fail_after(5):
+        assert await pkg.read(8192, 100) == data[8192:8292]
+    assert not rest.is_set()
+    rest.set()
+    assert await pkg.read(24_576, 100) == data[24_576:24_676]
+    assert len([r for r in server.requests if r.headers.get("range") == "bytes=8192-32767"]) == 1

@@ -20,7 +20,7 @@ from pixxelfs.errors import (
 )
 from pixxelfs.remote.retry import RetryPolicy
 from pixxelfs.remote.signed_url import SignedUrlResolver
-from pixxelfs.remote.storage import RECEIVE_BYTES, PackageSource, StorageClient, split_chunks
+from pixxelfs.remote.storage import RECEIVE_BYTES, PackageSource, PieceCutter, StorageClient
 
 Fault = Callable[[httpx.Request], httpx.Response | None]
 
@@ -112,23 +112,44 @@ async def test_fetch_split_cuts_one_request_into_pieces() -> None:
     assert pieces == [DATA[100:101], DATA[101:600], DATA[600:1100]]
     assert all(type(piece) is bytes for piece in pieces)
     assert len(server.requests) == 1 and storage.stats()["bytes"] == 1000
-    with pytest.raises(ValueError):
-        await storage.fetch_split(url(), 100, 1100, [500, 499], etag='"v1"')
+    for sizes in ([500, 499], [1000, 0]):
+        with pytest.raises(ValueError):
+            await storage.fetch_split(url(), 100, 1100, sizes, etag='"v1"')
+
+
+def _cut(chunks: list[bytes], sizes: list[int]) -> tuple[list[bytes], list[tuple[int, bytes]]]:
+    told: list[tuple[int, bytes]] = []
+    cutter = PieceCutter(sizes, lambda index, piece: told.append((index, piece)))
+    for chunk in chunks:
+        cutter.feed(chunk)
+    return cutter.pieces, told
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 100])
 @pytest.mark.parametrize("sizes", [[10], [1, 9], [3, 3, 4], [7, 1, 1, 1]])
-def test_split_chunks_matches_slicing_the_join(chunk: int, sizes: list[int]) -> None:
+def test_the_cutter_matches_slicing_the_join(chunk: int, sizes: list[int]) -> None:
     data = bytes(range(10))
     chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)]
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
     expected = [data[start : start + size] for start, size in zip(starts, sizes, strict=True)]
-    assert split_chunks(chunks, sizes) == expected
+    pieces, told = _cut(chunks, sizes)
+    assert pieces == expected and told == list(enumerate(expected))
 
 
-def test_split_chunks_hands_out_a_whole_chunk_without_copying() -> None:
+def test_the_cutter_tells_of_a_piece_as_soon_as_it_is_complete() -> None:
+    told: list[int] = []
+    cutter = PieceCutter([4, 4, 4], lambda index, _piece: told.append(index))
+    cutter.feed(b"abcdef")
+    assert told == [0]
+    cutter.feed(b"gh")
+    assert told == [0, 1]
+    with pytest.raises(ValueError, match="more bytes"):
+        cutter.feed(b"ijklm")
+
+
+def test_the_cutter_hands_out_a_whole_chunk_without_copying() -> None:
     chunks = [b"a" * 8, b"b" * 8]
-    pieces = split_chunks(chunks, [8, 8])
+    pieces, _told = _cut(chunks, [8, 8])
     assert pieces[0] is chunks[0] and pieces[1] is chunks[1]
 
 
