@@ -26,7 +26,8 @@ from pixxelfs.config import default_cache_dir, duration_argument, size_argument
 from pixxelfs.errors import ConfigError
 from pixxelfs.fs.control import CONTROL_DIR, STATS_FILE
 from pixxelfs.prefetch import DEFAULT_JOBS, human, prefetch
-from pixxelfs.remote.disk_cache import BLOCKS, PACKAGES, BlockStore, accounts, usage
+from pixxelfs.remote.block_store import BlockStore, usage
+from pixxelfs.remote.disk_cache import BLOCKS, PACKAGES, accounts
 
 COMMANDS = ("prefetch", "cache", "stats")
 DEFAULT_CACHE_SIZE = 20 << 30

@@ -72,7 +72,7 @@ from pixxelfs.config import SharedCacheConfig
 from pixxelfs.remote.block_cache import BlockKey, Fetch
 
 # The disk cache's row format of a ZIP member: one serialisation of indexes, not two.
-from pixxelfs.remote.disk_cache import _member_json, _member_of
+from pixxelfs.remote.disk_cache import member_from_row, member_row
 from pixxelfs.remote.package import SavedIndex, read_zip_index
 from pixxelfs.remote.signed_url import DownloadApi, expiry_from_url
 from pixxelfs.remote.storage import ObjectInfo, PackageSource
@@ -633,7 +633,7 @@ class _IndexCodec:
             "etag": info.etag,
             "size": info.size,
             "comment": base64.b64encode(index.comment).decode(),
-            "members": [_member_json(m) for m in index.members],
+            "members": [member_row(m) for m in index.members],
         }
         return json.dumps(body).encode()
 
@@ -641,7 +641,7 @@ class _IndexCodec:
     def decode(data: bytes) -> tuple[ObjectInfo, ZipIndex]:
         body = json.loads(data)
         info = ObjectInfo(int(body["size"]), str(body["etag"]))
-        members = tuple(_member_of(row) for row in body["members"])
+        members = tuple(member_from_row(row) for row in body["members"])
         return info, ZipIndex(members, base64.b64decode(body["comment"]))
 
 

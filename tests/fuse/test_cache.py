@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pixxelfs.emulator import Emulator, EmulatorConfig, running_emulator
-from pixxelfs.remote.disk_cache import stored_blocks
+from pixxelfs.remote.block_store import stored_blocks
 from tests.fuse.cachehelp import (
     files_bytes,
     member_hashes,

@@ -17,22 +17,20 @@ from pathlib import Path
 
 import pytest
 
-from pixxelfs.remote import disk_cache
+from pixxelfs.remote import block_store
 from pixxelfs.remote.block_cache import BlockKey
-from pixxelfs.remote.disk_cache import (
+from pixxelfs.remote.block_store import (
     BLOCK_HEADER,
     PAGE,
     TOUCH_AFTER_SECONDS,
     BlockStore,
-    DiskBlockTier,
-    PackageIndexStore,
-    account_dir,
     block_name,
     decode_block,
     encode_block,
     stored_blocks,
     usage,
 )
+from pixxelfs.remote.disk_cache import DiskBlockTier, PackageIndexStore, account_dir
 from pixxelfs.remote.storage import ObjectInfo
 from pixxelfs.remote.zipindex import ZipIndex, ZipMember
 
@@ -58,7 +56,7 @@ def _named(index: int, catalog: str = "catalog-1") -> tuple[str, str]:
 def layout(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Both layouts: ``files`` is what a file system that cannot punch holes gets."""
     if request.param == "files":
-        monkeypatch.setattr(disk_cache, "_punch_supported", lambda folder: False)
+        monkeypatch.setattr(block_store, "_punch_supported", lambda folder: False)
     return request.param
 
 
@@ -70,9 +68,9 @@ def _store(folder: Path, limit: int) -> BlockStore:
 
 def where(store: BlockStore, name: str) -> tuple[Path, int]:
     """The file holding a block and the block's offset in it."""
-    slot = disk_cache._slot_of(name) if store.slots else None
+    slot = block_store._slot_of(name) if store.slots else None
     if slot is None:
-        return store.folder / disk_cache._own_file(name), 0
+        return store.folder / block_store._own_file(name), 0
     return store.folder / slot.file, slot.offset
 
 
@@ -425,7 +423,7 @@ def test_without_o_direct_blocks_use_buffered_io(
         return real(fd, data, offset)
 
     monkeypatch.setattr(os, refusing, fake_open if refusing == "open" else fake_pwrite)
-    with caplog.at_level(logging.INFO, logger="pixxelfs.remote.disk_cache"):
+    with caplog.at_level(logging.INFO, logger="pixxelfs.remote.block_store"):
         store = _store(tmp_path, 100 * BLOCK)
     assert not store.direct
     assert len([r for r in caplog.records if "buffered I/O" in r.message]) == 1

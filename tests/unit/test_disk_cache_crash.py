@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from pixxelfs.remote.block_cache import BlockKey
-from pixxelfs.remote.disk_cache import BlockStore, block_name, stored_blocks, usage
+from pixxelfs.remote.block_store import BlockStore, block_name, stored_blocks, usage
 
 BLOCK = 256 * 1024
 BLOCKS = 64
@@ -21,7 +21,7 @@ WRITER = """
 import sys
 from pathlib import Path
 from pixxelfs.remote.block_cache import BlockKey
-from pixxelfs.remote.disk_cache import BlockStore, block_name
+from pixxelfs.remote.block_store import BlockStore, block_name
 store = BlockStore(Path(sys.argv[1]), 24 * {block})
 store.open()
 print("ready", flush=True)

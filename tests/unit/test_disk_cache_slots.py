@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pixxelfs.remote import disk_cache
-from pixxelfs.remote.disk_cache import PAGE, STALE_TEMP_SECONDS, BlockStore, stored_blocks, usage
+from pixxelfs.remote import block_store
+from pixxelfs.remote.block_store import PAGE, STALE_TEMP_SECONDS, BlockStore, stored_blocks, usage
 from tests.unit.test_disk_cache import SIZE, _data, _named, _store, data_bytes, on_disk, where
 
 
@@ -64,7 +64,7 @@ def _orphan(store: BlockStore, index: int) -> Path:
     """Data pages of a slot without its header: a writer killed between its two writes."""
     name, text = _named(index)
     path, offset = where(store, name)
-    blob = disk_cache.encode_block(text, _data(index))
+    blob = block_store.encode_block(text, _data(index))
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         os.pwrite(fd, blob[PAGE:], offset + PAGE)
@@ -112,14 +112,14 @@ def test_a_slot_written_into_a_file_deleted_meanwhile_is_not_booked(
     data pages into it: the header is not written, the reservation is given back."""
     writer, evictor = _store(tmp_path, 100 * SIZE), _store(tmp_path, 100 * SIZE)
     assert evictor.put(*_named(1), _data(1))
-    real = disk_cache._pwrite_all
+    real = block_store._pwrite_all
 
     def evicted_first(fd: int, content: memoryview, offset: int) -> None:
-        monkeypatch.setattr(disk_cache, "_pwrite_all", real)
+        monkeypatch.setattr(block_store, "_pwrite_all", real)
         assert evictor.remove_older_than(0) == 1
         real(fd, content, offset)
 
-    monkeypatch.setattr(disk_cache, "_pwrite_all", evicted_first)
+    monkeypatch.setattr(block_store, "_pwrite_all", evicted_first)
     assert evictor.held() == SIZE
     assert writer.put(*_named(0), _data(0))
     assert not _package(writer).exists()
@@ -139,10 +139,10 @@ def test_without_holes_aligned_blocks_are_files_of_their_own(
         raise OSError(errno.EOPNOTSUPP, "Operation not supported")
 
     if missing == "punch_hole":
-        monkeypatch.setattr(disk_cache, "punch_hole", refused)
+        monkeypatch.setattr(block_store, "punch_hole", refused)
     else:
-        monkeypatch.setattr(disk_cache, "_holds_data", lambda fd, start=0: start)
-    with caplog.at_level(logging.INFO, logger="pixxelfs.remote.disk_cache"):
+        monkeypatch.setattr(block_store, "_holds_data", lambda fd, start=0: start)
+    with caplog.at_level(logging.INFO, logger="pixxelfs.remote.block_store"):
         store = _store(tmp_path, 2 * SIZE)
     assert not store.slots
     assert len([r for r in caplog.records if "cannot punch holes" in r.message]) == 1
@@ -165,7 +165,7 @@ def test_a_read_that_raced_an_eviction_or_a_write_is_checked_again_under_the_loc
     assert store.put(name, text, _data(1))
     real = store._read_slot
 
-    def raced(slot: disk_cache._Slot, key: bytes) -> tuple[bytes | None, int] | None:
+    def raced(slot: block_store._Slot, key: bytes) -> tuple[bytes | None, int] | None:
         monkeypatch.setattr(store, "_read_slot", real)
         if meanwhile == "evicted":
             assert store.remove_older_than(0) == 1
