@@ -463,7 +463,8 @@ class _Buffers:
     """Page-aligned buffers (anonymous mmaps) reused by the I/O threads.
 
     O_DIRECT needs aligned memory, and a fresh 1 MiB buffer per block would cost page faults;
-    the pool holds as many buffers as threads ever did I/O at once (the tier's limiters).
+    the pool holds as many buffers as threads ever did I/O at once (the tier's reader limit and
+    writer threads).
     """
 
     def __init__(self) -> None:

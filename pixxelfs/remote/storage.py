@@ -199,11 +199,11 @@ class StorageClient:
         up to the range), each copied once from the body: no joined copy of the whole range.
         ``on_piece(index, piece)`` hears of each piece as soon as its bytes are in (again
         for an attempt that is retried), so that a reader need not wait for the whole range."""
+        if not 0 <= start < end_exclusive:
+            raise ValueError(f"bad range [{start}, {end_exclusive})")
         if sum(sizes) != end_exclusive - start or min(sizes, default=0) <= 0:
             raise ValueError("the piece sizes must be positive and add up to the range")
         get = _RangeGet(url, start, end_exclusive, etag, object_size)
-        if not 0 <= get.start < get.end_exclusive:
-            raise ValueError(f"bad range [{get.start}, {get.end_exclusive})")
         return await retrying(
             self._policy,
             lambda: self._fetch_once(get, PieceCutter(sizes, on_piece)),
@@ -283,12 +283,12 @@ class StorageClient:
         raise StorageError(f"{describe}: unexpected HTTP {status}")
 
     async def _read_whole(self, response: httpx.Response, size: int, describe: str) -> bytes:
-        cutter = PieceCutter([size]) if size else None
+        cutter = PieceCutter([size])
         await self._read_body(response, size, describe, cutter)
-        return cutter.pieces[0] if cutter else b""
+        return cutter.pieces[0] if cutter.pieces else b""  # an empty body completes no piece
 
     async def _read_body(
-        self, response: httpx.Response, expected: int, describe: str, cutter: PieceCutter | None
+        self, response: httpx.Response, expected: int, describe: str, cutter: PieceCutter
     ) -> None:
         """Feed the body, which must be exactly ``expected`` bytes, to ``cutter``; short bodies
         are transient."""
@@ -298,8 +298,7 @@ class StorageClient:
                 received += len(chunk)
                 if received > expected:
                     raise StorageError(f"{describe}: body longer than the {expected} bytes")
-                if cutter is not None:
-                    cutter.feed(chunk)
+                cutter.feed(chunk)
         self.bytes_received += received
         if received < expected:
             raise TransientError(f"truncated body: {received} of {expected} bytes")
