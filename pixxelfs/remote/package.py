@@ -76,56 +76,71 @@ class _Unit:
 
 
 class _SharedRange:
-    """One range request whose bytes several cache entries share; the outcome is kept.
+    """One range request whose bytes several cache entries share.
 
-    The body is cut into one bytes object per unit as it is copied out of the HTTP chunks, and
-    each unit's piece is let go once handed out: the whole part is never held as one joined
-    copy beside the blocks cut from it.
+    The body is cut into one bytes object per unit as it streams in. The unit whose fetch
+    came first runs the request (to its end); every other unit's fetch returns as soon as its
+    own piece is in, so the tiers below (a disk write) can keep it while the rest of the
+    request is still arriving, instead of the whole part landing on them at once. Each piece
+    is let go once its unit took it: the part is never held as one joined copy.
     """
 
     def __init__(self, package: RemotePackage, units: list[_Unit], *, ahead: bool, exact: bool):
         self._package = package
         self.start, self.end = units[0].start, units[-1].end
-        self._ends = {unit.start: unit.end for unit in units}
-        self._keys = [unit.key for unit in units]
+        self._units = units
         self._ahead, self._exact = ahead, exact
-        self._lock = trio.Lock()
-        self._pieces: dict[int, bytes] | None = None
+        self._arrived = {unit.start: trio.Event() for unit in units}
+        self._pieces: dict[int, bytes] = {}
+        self._started = False
         self._error: Exception | None = None
 
     def part(self, start: int) -> Fetch:
         """The origin fetch of the unit starting at ``start``."""
 
         async def fetch() -> bytes:
-            async with self._lock:
-                if self._error is not None:
-                    raise self._error
-                if self._pieces is None:
-                    try:
-                        self._pieces = await self._request()
-                    except Exception as exc:
-                        self._error = exc
-                        raise
-                piece = self._pieces.pop(start, None)
-            if piece is None:  # asked for twice (a tier retrying): fetch it on its own
-                return await self._package.source.read_range(start, self._ends[start])
-            return piece
+            if not self._started:
+                self._started = True
+                await self._request()
+            else:
+                await self._arrived[start].wait()
+            piece = self._pieces.pop(start, None)
+            if piece is not None:
+                return piece
+            if self._error is not None:
+                raise self._error
+            # Asked for twice (a tier retrying), or the request was cancelled: on its own.
+            unit = next(unit for unit in self._units if unit.start == start)
+            return await self._package.source.read_range(unit.start, unit.end)
 
         return fetch
 
-    async def _request(self) -> dict[int, bytes]:
+    async def _request(self) -> None:
         paths = self._package.paths
-        async with paths.budget.reserve(self.end - self.start):
-            paths.count(self.end - self.start, ahead=self._ahead, exact=self._exact)
-            sizes = [end - start for start, end in self._ends.items()]
-            pieces = await self._package.source.read_split(
-                self.start, self.end, sizes, on_piece=self._hand_out
-            )
-        return dict(zip(self._ends, pieces, strict=True))
+        try:
+            async with paths.budget.reserve(self.end - self.start):
+                paths.count(self.end - self.start, ahead=self._ahead, exact=self._exact)
+                sizes = [unit.end - unit.start for unit in self._units]
+                await self._package.source.read_split(
+                    self.start, self.end, sizes, on_piece=self._hand_out
+                )
+        except Exception as exc:
+            self._error = exc
+            raise
+        finally:  # nobody waits for a piece that will not come
+            for arrived in self._arrived.values():
+                arrived.set()
 
     def _hand_out(self, index: int, piece: bytes) -> None:
-        """A unit's bytes are in: its readers need not wait for the rest of the request."""
-        self._package.hand_out(self._keys[index], piece)
+        """A unit's bytes are in: its readers and its own fetch need not wait for the rest.
+        (A retried request hands pieces out again: the first one stands.)"""
+        unit = self._units[index]
+        arrived = self._arrived[unit.start]
+        if arrived.is_set():
+            return
+        self._pieces[unit.start] = piece
+        self._package.hand_out(unit.key, piece)
+        arrived.set()
 
 
 class SavedIndex(Protocol):

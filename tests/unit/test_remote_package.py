@@ -238,3 +238,50 @@ async def test_a_unit_is_handed_out_as_soon_as_its_bytes_are_in(cache) -> None:
     rest.set()
     assert await pkg.read(24_576, 100) == data[24_576:24_676]
     assert len([r for r in server.requests if r.headers.get("range") == "bytes=8192-32767"]) == 1
+
+
+class KeepingTier:
+    """A cache tier that keeps every block the level below returns (a fast disk)."""
+
+    def __init__(self) -> None:
+        self.kept: dict[int, bytes] = {}  # by block number
+
+    async def fetch(self, key, below) -> bytes:
+        data = await below()
+        self.kept[key.index] = data
+        return data
+
+
+async def test_the_tiers_get_a_unit_while_the_rest_of_its_request_arrives(cache) -> None:
+    """Only the fetch that runs a request waits for its end: the other units of the request go
+    down to the tiers as soon as their own bytes are in, not all at once at the end."""
+    data = build(FILES, method=zipfile.ZIP_STORED)
+    server = ObjectServer(data)
+    source, _ = make_source(server, probe_bytes=4096)
+    tier = KeepingTier()
+    pkg = RemotePackage(source, cache, tiers=[tier])
+    await pkg.size()
+    rest = trio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield data[8192:24576]
+        await rest.wait()
+        yield data[24576:32768]
+
+    def paused(request: httpx.Request) -> httpx.Response:
+        assert request.headers["range"] == "bytes=8192-32767"
+        headers = {"Content-Range": f"bytes 8192-32767/{len(data)}", "ETag": '"v1"'}
+        return httpx.Response(206, headers=headers, content=body())
+
+    server.faults.append(paused)
+    pkg.prefetch(8192, 3 * 8192)
+    await trio.testing.wait_all_tasks_blocked()  # the body is paused after two blocks
+    assert not rest.is_set()
+    block = {number: data[number * 8192 : (number + 1) * 8192] for number in (1, 2, 3)}
+    kept_early = dict(tier.kept)
+    # One of the two blocks in may belong to the fetch running the request; the other is kept.
+    assert kept_early and set(kept_early) <= {1, 2}
+    assert all(kept == block[number] for number, kept in kept_early.items())
+    rest.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert tier.kept == block
