@@ -212,18 +212,15 @@ async def test_a_unit_asked_for_twice_is_fetched_again_not_lost(cache) -> None:
     assert sorted(ranges[1:]) == ["bytes=16384-24575", "bytes=24576-32767", "bytes=8192-16383"]
 
 
-async def test_a_unit_is_handed_out_as_soon_as_its_bytes_are_in(cache) -> None:
-    """A request for several blocks: a reader of the first one does not wait for the rest."""
-    data = build(FILES, method=zipfile.ZIP_STORED)
-    server = ObjectServer(data)
-    pkg = remote(server, cache)
-    await pkg.size()
+def pause_blocks_1_to_3_at(server: ObjectServer, data: bytes, split: int) -> trio.Event:
+    """Answer the next request (blocks 1-3 of 8 KiB) with a body that stops at ``split`` until
+    the returned event is set."""
     rest = trio.Event()
 
     async def body() -> AsyncIterator[bytes]:
-        yield data[8192:16384]
+        yield data[8192:split]
         await rest.wait()
-        yield data[16384:32768]
+        yield data[split:32768]
 
     def paused(request: httpx.Request) -> httpx.Response:
         assert request.headers["range"] == "bytes=8192-32767"
@@ -231,6 +228,16 @@ async def test_a_unit_is_handed_out_as_soon_as_its_bytes_are_in(cache) -> None:
         return httpx.Response(206, headers=headers, content=body())
 
     server.faults.append(paused)
+    return rest
+
+
+async def test_a_unit_is_handed_out_as_soon_as_its_bytes_are_in(cache) -> None:
+    """A request for several blocks: a reader of the first one does not wait for the rest."""
+    data = build(FILES, method=zipfile.ZIP_STORED)
+    server = ObjectServer(data)
+    pkg = remote(server, cache)
+    await pkg.size()
+    rest = pause_blocks_1_to_3_at(server, data, 16384)
     pkg.prefetch(8192, 3 * 8192)
     with trio.fail_after(5):
         assert await pkg.read(8192, 100) == data[8192:8292]
@@ -261,19 +268,7 @@ async def test_the_tiers_get_a_unit_while_the_rest_of_its_request_arrives(cache)
     tier = KeepingTier()
     pkg = RemotePackage(source, cache, tiers=[tier])
     await pkg.size()
-    rest = trio.Event()
-
-    async def body() -> AsyncIterator[bytes]:
-        yield data[8192:24576]
-        await rest.wait()
-        yield data[24576:32768]
-
-    def paused(request: httpx.Request) -> httpx.Response:
-        assert request.headers["range"] == "bytes=8192-32767"
-        headers = {"Content-Range": f"bytes 8192-32767/{len(data)}", "ETag": '"v1"'}
-        return httpx.Response(206, headers=headers, content=body())
-
-    server.faults.append(paused)
+    rest = pause_blocks_1_to_3_at(server, data, 24576)
     pkg.prefetch(8192, 3 * 8192)
     await trio.testing.wait_all_tasks_blocked()  # the body is paused after two blocks
     assert not rest.is_set()
