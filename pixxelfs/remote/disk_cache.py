@@ -104,6 +104,10 @@ class DiskBlockTier:
         await self._write(name, text, data)
         return data
 
+    def holds(self, key: BlockKey) -> bool:
+        named = block_name(key, self.block_size)
+        return named is not None and self.store.indexed(named[0])
+
     async def _read(self, name: str, text: str) -> bytes | None:
         try:
             return await trio.to_thread.run_sync(self.store.get, name, text, limiter=self._readers)

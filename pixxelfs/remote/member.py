@@ -151,6 +151,10 @@ class MemberReader:
         """The piece of the tile one row below ``piece``'s tile (None: not a tile, last row)."""
         return None if self.pieces is None else self.pieces.piece_below(piece)
 
+    def piece_kept(self, piece: tuple[int, int]) -> bool:
+        """Whether ``piece`` is kept in a cache (reading it costs no request)."""
+        return self._package.holds(*piece)
+
     def prefetch_run(self, piece: tuple[int, int], count: int) -> None:
         """Fetch ``count`` adjacent pieces from ``piece`` on, in the background (one request),
         with the end of the piece in front: the kernel reads the first tile from the page

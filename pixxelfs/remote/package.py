@@ -300,6 +300,14 @@ class RemotePackage:
             position = unit.end
         return segments
 
+    def holds(self, start: int, end: int) -> bool:
+        """Whether the exact range (a tile) is kept here or in a tier below, so reading it
+        costs no request (one being fetched is not kept yet)."""
+        key = self._range_key(start, end)
+        if self._cache.peek(key) is not None:
+            return True
+        return any(tier.holds(key) for tier in self._tiers)
+
     def _in_blocks(self, start: int, end: int) -> bool:
         """Whether ``[start, end)`` is cached (or coming) as blocks but not as that exact range:
         a tile that a sequential reader (``cp``, ``prefetch``) already brought in is read from

@@ -273,6 +273,8 @@ class HandleReader(Protocol):
 
     def piece_below(self, piece: tuple[int, int]) -> tuple[int, int] | None: ...
 
+    def piece_kept(self, piece: tuple[int, int]) -> bool: ...
+
     def prefetch_run(self, piece: tuple[int, int], count: int) -> None: ...
 
 
@@ -298,18 +300,26 @@ class MemberHandle:
         if piece is not None:
             more = self.runs.observe(*piece)
             self.pattern.tile_run = self.runs.typical_bytes
+            # Tiles beyond the one read are fetched on a guess, and only in new ground: a
+            # reader going over kept windows again (a second GIS process, some of whose reads
+            # the page cache answers) costs no request for tiles it may never read.
+            speculate = not self.reader.piece_kept(piece)
+            more = more if speculate else 0
             if self.runs.started:
-                self._row_below(piece, more + 1)
+                self._row_below(piece, more + 1, speculate=speculate)
         return await self.reader.read(offset, size, exact=True, more_pieces=more)
 
-    def _row_below(self, piece: tuple[int, int], count: int) -> None:
+    def _row_below(self, piece: tuple[int, int], count: int, *, speculate: bool) -> None:
         """GDAL reads a window's rows of tiles one after the other: when at least a quarter of
         this handle's recent runs started right below the run before, fetch the row below this
-        one now, over another connection, instead of after this row has arrived."""
+        one now, over another connection, instead of after this row has arrived (when
+        ``speculate``: see :meth:`read`)."""
         stacked = piece == self._below
         self._stacked.append(stacked)
         self._below = self.reader.piece_below(piece)
-        if stacked or self._below is None or 4 * sum(self._stacked) < len(self._stacked):
+        if not speculate or stacked or self._below is None:
+            return
+        if 4 * sum(self._stacked) < len(self._stacked):
             return
         self.rows_ahead += 1
         self.reader.prefetch_run(self._below, count)

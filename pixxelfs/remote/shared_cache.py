@@ -578,6 +578,10 @@ class SharedBlockTier:
             return await below()
         return await store.fill_once(name, below, stats, self._lifetime, store.block_lease)
 
+    def holds(self, key: BlockKey) -> bool:
+        """Unknown without a round trip to the store."""
+        return False
+
     def _lifetime(self, data: bytes) -> float | None:
         ttl = self._store.config.ttl
         return ttl if ttl > 0 else None

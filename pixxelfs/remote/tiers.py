@@ -21,6 +21,11 @@ class BlockTier(Protocol):
 
     async def fetch(self, key: BlockKey, below: Fetch) -> bytes: ...
 
+    def holds(self, key: BlockKey) -> bool:
+        """Whether the tier knows, without asking anyone, that it can answer ``key`` (a hint
+        for speculative reads; False when it cannot tell)."""
+        ...
+
 
 def chain(tiers: Sequence[BlockTier], key: BlockKey, origin: Fetch) -> Fetch:
     """A fetch function that asks ``tiers`` in order, the origin last."""

@@ -255,6 +255,30 @@ async def test_the_row_below_is_fetched_with_the_row_once_windows_stack(
     assert handle.stats()["rows_ahead"] == 3
 
 
+async def test_going_over_kept_tiles_again_fetches_no_row_below(
+    cog: bytes, cache: BlockCache
+) -> None:
+    """A reader going over windows read before (a second GIS process, some of whose reads the
+    page cache answers) costs no request: not for its tiles, nor for a row below them."""
+    server, reader = await opened_cog(cog, cache)
+    handle = MemberHandle(reader, ReadaheadPolicy(tolerance=16 * 1024))
+    full = reader.pieces.layout.levels[0]
+
+    async def read_row(row: int, column: int) -> None:
+        for tile in (row * 4 + column, row * 4 + column + 1):
+            offset, count = full.offsets[tile], full.byte_counts[tile]
+            assert await handle.read(offset, count) == cog[offset : offset + count]
+        await trio.testing.wait_all_tasks_blocked()
+
+    for row, column in [(0, 0), (2, 2), (0, 2)]:  # windows of 2 x 2 tiles: the handle learns
+        await read_row(row, column)
+        await read_row(row + 1, column)
+    ahead, before = handle.stats()["rows_ahead"], len(server.requests)
+    await read_row(1, 0)  # the first window's lower row alone; the row below was never read
+    assert len(server.requests) == before
+    assert handle.stats()["rows_ahead"] == ahead
+
+
 def test_a_read_that_grazes_a_tiles_end_is_for_the_next_tile(cog: bytes) -> None:
     pieces = PieceMap(parse_layout(cog[:HEADER_PROBE], len(cog)), base=0)
     full = pieces.layout.levels[0]

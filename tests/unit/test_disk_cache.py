@@ -311,10 +311,13 @@ async def test_the_tier_serves_hits_from_disk_and_never_stores_untagged_packages
         return _data(1)
 
     async with DiskBlockTier(_store(tmp_path, 100 * BLOCK), BLOCK).running() as tier:
+        assert not tier.holds(_key(1))
         assert await tier.fetch(_key(1), origin) == _data(1)
+        assert tier.holds(_key(1))  # what speculative reads may skip fetching
         assert await tier.fetch(_key(1), origin) == _data(1)
         assert await tier.fetch(_key(1, None), origin) == _data(1)
         assert await tier.fetch(_key(1, None), origin) == _data(1)
+        assert not tier.holds(_key(1, None)) and not tier.holds(_key(2))
     assert calls == 3
     assert (tier.hits, tier.misses, tier.writes) == (1, 1, 1)
 
