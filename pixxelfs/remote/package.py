@@ -95,22 +95,21 @@ class _SharedRange:
         self._started = False
         self._error: Exception | None = None
 
-    def part(self, start: int) -> Fetch:
-        """The origin fetch of the unit starting at ``start``."""
+    def part(self, unit: _Unit) -> Fetch:
+        """The origin fetch of ``unit`` (one of this request's)."""
 
         async def fetch() -> bytes:
             if not self._started:
                 self._started = True
                 await self._request()
             else:
-                await self._arrived[start].wait()
-            piece = self._pieces.pop(start, None)
+                await self._arrived[unit.start].wait()
+            piece = self._pieces.pop(unit.start, None)
             if piece is not None:
                 return piece
             if self._error is not None:
                 raise self._error
             # Asked for twice (a tier retrying), or the request was cancelled: on its own.
-            unit = next(unit for unit in self._units if unit.start == start)
             return await self._package.source.read_range(unit.start, unit.end)
 
         return fetch
@@ -380,9 +379,9 @@ class RemotePackage:
 
         Bytes from the origin go to the memory cache's readers at once, while the tiers
         keep them (a disk write must not hold up the read that needed the block)."""
+        part = shared.part(unit)
         if not self._tiers:
-            return shared.part(unit.start)
-        part = shared.part(unit.start)
+            return part
 
         async def origin() -> bytes:
             data = await part()
