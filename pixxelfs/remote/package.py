@@ -288,7 +288,7 @@ class RemotePackage:
         while position < end:
             piece = pieces.piece_at(position) if pieces is not None else None
             if piece is not None and not self._in_blocks(*piece):
-                if grazes(piece, position, end) and not self._cache.known(self._range_key(*piece)):
+                if grazes(piece, position, end) and not self._available(self._range_key(*piece)):
                     piece = (max(piece[0], piece[1] - EDGE), piece[1])  # its end, not the tile
                 unit = _Unit(self._range_key(*piece), *piece)
             else:
@@ -303,18 +303,23 @@ class RemotePackage:
         """Whether the exact range (a tile) is kept here or in a tier below, so reading it
         costs no request (one being fetched is not kept yet)."""
         key = self._range_key(start, end)
-        if self._cache.peek(key) is not None:
-            return True
+        return self._cache.peek(key) is not None or self._held_below(key)
+
+    def _available(self, key: BlockKey) -> bool:
+        """Cached, coming, or kept by a tier below: asking for ``key`` costs no request."""
+        return self._cache.known(key) or self._held_below(key)
+
+    def _held_below(self, key: BlockKey) -> bool:
         return any(tier.holds(key) for tier in self._tiers)
 
     def _in_blocks(self, start: int, end: int) -> bool:
-        """Whether ``[start, end)`` is cached (or coming) as blocks but not as that exact range:
-        a tile that a sequential reader (``cp``, ``prefetch``) already brought in is read from
-        those blocks rather than fetched again."""
-        if self._cache.known(self._range_key(start, end)):
+        """Whether ``[start, end)`` is available as blocks but not as that exact range: a tile
+        that a sequential reader (``cp``, ``prefetch``) already brought in, to memory or to
+        disk, is read from those blocks rather than fetched again."""
+        if self._available(self._range_key(start, end)):
             return False
         first, last = start // self.block_size, (end - 1) // self.block_size
-        return all(self._cache.known(self._key(index)) for index in range(first, last + 1))
+        return all(self._available(self._key(index)) for index in range(first, last + 1))
 
     def _fetchers_with_row(
         self,
@@ -351,17 +356,21 @@ class RemotePackage:
         self, units: list[_Unit], *, ahead: bool, limit: int | None = None
     ) -> dict[BlockKey, Fetch]:
         """Fetch functions for the units missing from the cache: consecutive ones share one
-        request of at most ``limit`` bytes (default: ``part_size``)."""
+        request of at most ``limit`` bytes (default: ``part_size``). A unit a tier below keeps
+        is read from there, in no shared request (its own only if the tier fails it)."""
         runs: list[list[_Unit]] = []
         limit = limit or self.paths.part_size
+        last_held = False  # the last run is a unit kept below (it shares no request)
         for unit in units:
             if self._cache.known(unit.key):
                 continue
-            run = runs[-1] if runs else None
+            held = self._held_below(unit.key)
+            run = None if held or last_held or not runs else runs[-1]
             if run and run[-1].end == unit.start and unit.end - run[0].start <= limit:
                 run.append(unit)
             else:
                 runs.append([unit])
+            last_held = held
         fetchers: dict[BlockKey, Fetch] = {}
         for run in runs:
             shared = self._shared(run, ahead=ahead)

@@ -6,7 +6,7 @@ import io
 import itertools
 import struct
 import zipfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +18,12 @@ import trio.testing
 from affine import Affine
 from rasterio.crs import CRS
 
-from pixxelfs.remote.block_cache import BlockCache
+from pixxelfs.remote.block_cache import BlockCache, BlockKey, Fetch
 from pixxelfs.remote.cog import EDGE, HEADER_PROBE, NeedMoreBytes, PieceMap, parse_layout
 from pixxelfs.remote.member import MemberReader
 from pixxelfs.remote.package import RemotePackage
 from pixxelfs.remote.readahead import MemberHandle, ReadaheadPolicy
+from pixxelfs.remote.tiers import BlockTier
 from tests.unit.test_remote_storage import ObjectServer, make_source
 
 
@@ -143,12 +144,14 @@ def ranges_of(server: ObjectServer, skip: int) -> list[tuple[int, int]]:
     return out
 
 
-async def opened_cog(cog: bytes, cache: BlockCache) -> tuple[ObjectServer, MemberReader]:
+async def opened_cog(
+    cog: bytes, cache: BlockCache, tiers: Sequence[BlockTier] = ()
+) -> tuple[ObjectServer, MemberReader]:
     """A package holding ``cog``, served with request logging, and its opened reader (the
     overview prefetch done)."""
     server = ObjectServer(stored_zip("scene/image.tif", cog))
     source, _ = make_source(server, probe_bytes=4096)
-    remote = RemotePackage(source, cache)
+    remote = RemotePackage(source, cache, tiers=tiers)
     reader = await remote.open_member((await remote.index()).members[0])
     await trio.testing.wait_all_tasks_blocked()
     return server, reader
@@ -311,3 +314,71 @@ async def test_a_read_from_the_page_in_front_fetches_only_the_end_of_that_tile(
     offset, count = full.offsets[5], full.byte_counts[5]
     assert await handle.read(offset, count) == cog[offset : offset + count]
     assert ranges_of(server, before) == [(start + front[0], start + front[1])]
+
+
+class DiskTier:
+    """A tier that keeps what it is given and says so (the disk cache), and a way to drop
+    units from the memory cache above it (evicted while the disk keeps them)."""
+
+    def __init__(self) -> None:
+        self.kept: dict[BlockKey, bytes] = {}
+
+    async def fetch(self, key: BlockKey, below: Fetch) -> bytes:
+        if key not in self.kept:
+            self.kept[key] = await below()
+        return self.kept[key]
+
+    def holds(self, key: BlockKey) -> bool:
+        return key in self.kept
+
+    def forget_above(self, cache: BlockCache) -> None:
+        for key in self.kept:
+            cache.discard(key)
+
+
+async def test_tiles_kept_on_disk_as_blocks_cost_no_request(cog: bytes, cache: BlockCache) -> None:
+    """Blocks a sequential reader brought in and the memory cache let go are read from the
+    disk tier by a GIS reader's tile reads, not fetched again as exact ranges."""
+    disk = DiskTier()
+    server, reader = await opened_cog(cog, cache, [disk])
+    assert await reader.read(0, len(cog)) == cog  # the streaming path: blocks
+    await trio.testing.wait_all_tasks_blocked()
+    disk.forget_above(cache)
+    before = len(server.requests)
+    full = reader.pieces.layout.levels[0]
+    for tile in (3, 9, 14):
+        offset, count = full.offsets[tile], full.byte_counts[tile]
+        got = await reader.read(offset, count, exact=True, more_pieces=1)
+        assert got == cog[offset : offset + count]
+    assert len(server.requests) == before
+
+
+async def test_a_read_from_the_page_in_front_fetches_only_what_the_disk_lacks(
+    cog: bytes, cache: BlockCache
+) -> None:
+    """The kernel's read from the page in front of a tile: the tile and the tile in front are
+    read from the disk tier when it keeps them (gone from memory), and only the rest is
+    fetched."""
+    disk = DiskTier()
+    server, reader = await opened_cog(cog, cache, [disk])
+    layout, start = reader.pieces.layout, reader.data_start
+    full = layout.levels[0]
+    (front_at, front_count), (offset, count) = [
+        (full.offsets[t], full.byte_counts[t]) for t in (5, 6)
+    ]
+    page = offset - 3000
+    assert await reader.read(offset, count, exact=True) == cog[offset : offset + count]
+    await trio.testing.wait_all_tasks_blocked()
+    disk.forget_above(cache)
+    before = len(server.requests)
+    assert await reader.read(page, offset + count - page, exact=True) == cog[page : offset + count]
+    front = layout.piece_at(front_at)
+    assert ranges_of(server, before) == [(start + front[1] - EDGE, start + front[1])]
+
+    front_bytes = cog[front_at : front_at + front_count]
+    assert await reader.read(front_at, front_count, exact=True) == front_bytes
+    await trio.testing.wait_all_tasks_blocked()
+    disk.forget_above(cache)
+    before = len(server.requests)
+    assert await reader.read(page, offset + count - page, exact=True) == cog[page : offset + count]
+    assert len(server.requests) == before

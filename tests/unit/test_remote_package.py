@@ -160,7 +160,14 @@ async def test_url_expiring_mid_read_is_renewed_once_for_all_blocks(cache) -> No
     assert downloads.issued == 2
 
 
-class SlowTier:
+class UntoldTier:
+    """A cache tier that cannot tell what it holds (every plan asks it, as a shared store)."""
+
+    def holds(self, key) -> bool:
+        return False
+
+
+class SlowTier(UntoldTier):
     """A cache tier whose writes wait for the test (a disk under load)."""
 
     def __init__(self) -> None:
@@ -192,7 +199,7 @@ async def test_a_read_does_not_wait_for_the_tiers_to_keep_its_blocks(cache) -> N
     assert cache.stats().write_behind == 0
 
 
-class TwiceTier:
+class TwiceTier(UntoldTier):
     """A tier that asks the level below twice for the same block (a retrying store)."""
 
     async def fetch(self, key, below) -> bytes:
@@ -247,7 +254,7 @@ async def test_a_unit_is_handed_out_as_soon_as_its_bytes_are_in(cache) -> None:
     assert len([r for r in server.requests if r.headers.get("range") == "bytes=8192-32767"]) == 1
 
 
-class KeepingTier:
+class KeepingTier(UntoldTier):
     """A cache tier that keeps every block the level below returns (a fast disk)."""
 
     def __init__(self) -> None:
