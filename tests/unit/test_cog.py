@@ -216,13 +216,38 @@ async def test_rows_of_tiles_are_fetched_one_row_per_request(cog: bytes, cache: 
     assert abs(handle.stats()["tile_run"] - (end - first)) <= 2 * 64  # two tiles and leaders
 
 
+class DiskTier:
+    """A tier that keeps what it is given and says so (the disk cache), and a way to drop
+    units from the memory cache above it (evicted while the disk keeps them)."""
+
+    def __init__(self) -> None:
+        self.kept: dict[BlockKey, bytes] = {}
+
+    async def fetch(self, key: BlockKey, below: Fetch) -> bytes:
+        if key not in self.kept:
+            self.kept[key] = await below()
+        return self.kept[key]
+
+    def holds(self, key: BlockKey) -> bool:
+        return key in self.kept
+
+    def forget_above(self, cache: BlockCache) -> None:
+        for key in self.kept:
+            cache.discard(key)
+
+
+@pytest.mark.parametrize("kept_in", ["memory", "disk"])
 async def test_tiles_already_cached_as_blocks_cost_no_request(
-    cog: bytes, cache: BlockCache
+    cog: bytes, cache: BlockCache, kept_in: str
 ) -> None:
     """After a sequential read (``cp``, ``prefetch``) cached the member as blocks, a GIS
-    reader's tile reads are served from those blocks, not fetched again as exact ranges."""
-    server, reader = await opened_cog(cog, cache)
+    reader's tile reads are served from those blocks, not fetched again as exact ranges; also
+    once the memory cache let the blocks go and only the disk tier keeps them."""
+    disk = DiskTier()
+    server, reader = await opened_cog(cog, cache, [disk] if kept_in == "disk" else [])
     assert await reader.read(0, len(cog)) == cog  # the streaming path: blocks
+    await trio.testing.wait_all_tasks_blocked()
+    disk.forget_above(cache)
     before = len(server.requests)
     full = reader.pieces.layout.levels[0]
     for tile in (3, 9, 14):
@@ -314,43 +339,6 @@ async def test_a_read_from_the_page_in_front_fetches_only_the_end_of_that_tile(
     offset, count = full.offsets[5], full.byte_counts[5]
     assert await handle.read(offset, count) == cog[offset : offset + count]
     assert ranges_of(server, before) == [(start + front[0], start + front[1])]
-
-
-class DiskTier:
-    """A tier that keeps what it is given and says so (the disk cache), and a way to drop
-    units from the memory cache above it (evicted while the disk keeps them)."""
-
-    def __init__(self) -> None:
-        self.kept: dict[BlockKey, bytes] = {}
-
-    async def fetch(self, key: BlockKey, below: Fetch) -> bytes:
-        if key not in self.kept:
-            self.kept[key] = await below()
-        return self.kept[key]
-
-    def holds(self, key: BlockKey) -> bool:
-        return key in self.kept
-
-    def forget_above(self, cache: BlockCache) -> None:
-        for key in self.kept:
-            cache.discard(key)
-
-
-async def test_tiles_kept_on_disk_as_blocks_cost_no_request(cog: bytes, cache: BlockCache) -> None:
-    """Blocks a sequential reader brought in and the memory cache let go are read from the
-    disk tier by a GIS reader's tile reads, not fetched again as exact ranges."""
-    disk = DiskTier()
-    server, reader = await opened_cog(cog, cache, [disk])
-    assert await reader.read(0, len(cog)) == cog  # the streaming path: blocks
-    await trio.testing.wait_all_tasks_blocked()
-    disk.forget_above(cache)
-    before = len(server.requests)
-    full = reader.pieces.layout.levels[0]
-    for tile in (3, 9, 14):
-        offset, count = full.offsets[tile], full.byte_counts[tile]
-        got = await reader.read(offset, count, exact=True, more_pieces=1)
-        assert got == cog[offset : offset + count]
-    assert len(server.requests) == before
 
 
 async def test_a_read_from_the_page_in_front_fetches_only_what_the_disk_lacks(
