@@ -16,7 +16,7 @@ from referencing.jsonschema import DRAFT4
 from pixxelfs.emulator import Emulator, EmulatorConfig, running_emulator
 
 REPO = Path(__file__).resolve().parents[2]
-OPENAPI = REPO.parent / "shared" / "pixxel-openapi.json"
+OPENAPI = REPO / "docs" / "api" / "pixxel-openapi.json"
 
 Validate = Callable[[Any, str], None]
 
@@ -24,7 +24,7 @@ Validate = Callable[[Any, str], None]
 @pytest.fixture(scope="session")
 def openapi() -> dict[str, Any]:
     if not OPENAPI.is_file():
-        pytest.fail(f"the official OpenAPI document is missing: expected {OPENAPI} (../shared)")
+        pytest.fail(f"the official OpenAPI document is missing: expected {OPENAPI}")
     document: dict[str, Any] = json.loads(OPENAPI.read_text())
     return document
 
